@@ -1,0 +1,37 @@
+# nasflow: weight-sharing NAS methods as cached stages. Parameters: params/. Rules: workflow/rules/.
+import os
+import sys
+
+sys.path.insert(0, workflow.basedir)
+
+from pipeline_steps.config import validate
+from pipeline_steps.errors import NasflowError
+from pipeline_steps.plan import Plan, runtime_json, spec_arg
+
+configfile: "params/nasflow.yaml"
+configfile: f"params/profiles/{config.get('profile', 'quick')}.yaml"
+
+try:
+    validate(config)
+except NasflowError as err:
+    raise SystemExit(f"nasflow: error: {err}")
+
+PLAN = Plan(config, workflow.basedir)
+# Settings that change no result reach the jobs through the environment, not rule params,
+# so that changing them (tracking URI, data location, device) re-runs nothing.
+os.environ["NASFLOW_RUNTIME"] = runtime_json(PLAN)
+
+wildcard_constraints:
+    seed=r"\d+",
+    key=r"[0-9a-f]{10}",
+    method="|".join(config["methods"]),
+
+include: "workflow/rules/search.smk"
+include: "workflow/rules/lookup.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        PLAN.targets(),

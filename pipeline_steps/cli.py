@@ -1,0 +1,120 @@
+"""Command line: `python -m pipeline_steps <stage> ...` (what the Snakemake rules call) and
+`nasflow lookup '<arch>'`. A NasflowError is printed as one line and exits with status 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import NasflowError
+
+
+def _runtime(params_dir: str) -> dict:
+    """Runtime settings: from the Snakefile's environment, else from params/ directly."""
+    if "NASFLOW_RUNTIME" in os.environ:
+        return json.loads(os.environ["NASFLOW_RUNTIME"])
+    from .config import load_params
+    from .plan import Plan
+
+    return Plan(load_params(params_dir)).runtime()
+
+
+def _spec(text: str) -> dict:
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise NasflowError(f"--spec is not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(spec, dict):
+        raise NasflowError("--spec must be a JSON object")
+    return spec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nasflow", description="Weight-sharing NAS methods as cached stages.")
+    p.add_argument("--params-dir", default="params", help="where nasflow.yaml and profiles/ live (default: params)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (the rule's `threads`, so parallel jobs do not oversubscribe)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("supernet", help="train the shared supernet (stage)")
+    s.add_argument("--spec", required=True, type=_spec)
+    s.add_argument("--checkpoint", required=True, type=Path)
+    s.add_argument("--metrics", required=True, type=Path)
+    s.add_argument("--history", required=True, type=Path)
+
+    s = sub.add_parser("derive", help="derive the architecture from a trained supernet (stage)")
+    s.add_argument("--spec", required=True, type=_spec)
+    s.add_argument("--supernet", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path)
+
+    s = sub.add_parser("benchmark-lookup", help="look the derived cell up in NAS-Bench-201 (stage)")
+    s.add_argument("--spec", required=True, type=_spec)
+    s.add_argument("--arch", required=True, type=Path)
+    s.add_argument("--supernet-metrics", required=True, type=Path)
+    s.add_argument("--supernet-history", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path)
+
+    s = sub.add_parser("report", help="tables and figures over every finished run (stage)")
+    s.add_argument("--spec", required=True, type=_spec)
+    s.add_argument("--results-dir", default="results", type=Path)
+
+    s = sub.add_parser("lookup", help="print the NAS-Bench-201 row of an arch string")
+    s.add_argument("arch", help="e.g. '|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|'")
+    s.add_argument("--source", choices=["table", "official", "nats"], default=None,
+                   help="benchmark source (default: benchmark.source in params)")
+    s.add_argument("--path", default=None, help="benchmark file for official / nats")
+
+    sub.add_parser("check-params", help="validate params/ and print the resolved parameters")
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.command == "lookup":
+        from .benchmark import format_row, load_benchmark
+
+        source, path = args.source, args.path
+        if source is None:
+            try:
+                from .config import load_params
+
+                b = load_params(args.params_dir)["benchmark"]
+                source, path = b["source"], path or b["path"]
+            except NasflowError:
+                source = "table"  # outside a project: the shipped table
+        print(format_row(load_benchmark(source, path).lookup(args.arch)))
+        return
+    if args.command == "check-params":
+        from .config import load_params
+
+        print(json.dumps(load_params(args.params_dir), indent=2))
+        return
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from . import stages
+
+    runtime = _runtime(args.params_dir)
+    if args.command == "supernet":
+        stages.supernet(args.spec, runtime, args.checkpoint, args.metrics, args.history)
+    elif args.command == "derive":
+        stages.derive(args.spec, runtime, args.supernet, args.out)
+    elif args.command == "benchmark-lookup":
+        stages.lookup(args.spec, runtime, args.arch, args.supernet_metrics, args.supernet_history, args.out)
+    elif args.command == "report":
+        from .report import report
+
+        report(args.spec, runtime, args.results_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except NasflowError as e:
+        print(f"nasflow: error: {e}", file=sys.stderr)
+        return 2
+    return 0

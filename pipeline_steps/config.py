@@ -1,0 +1,79 @@
+"""Parameters: load params/ (base file + profile), validate against the schema, hash stage specs."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import NasflowError
+
+PARAMS_FILE = "nasflow.yaml"
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise NasflowError(f"parameter file {path} not found; run from the project root or pass --params-dir")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise NasflowError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise NasflowError(f"{path} must hold a mapping of parameters")
+    return data
+
+
+def load_params(params_dir: str | os.PathLike = "params", overrides: dict | None = None) -> dict:
+    """params/nasflow.yaml, then params/profiles/<profile>.yaml over it, then `overrides`; validated."""
+    params_dir = Path(params_dir)
+    cfg = _read_yaml(params_dir / PARAMS_FILE)
+    profile = (overrides or {}).get("profile", cfg.get("profile"))
+    profile_file = params_dir / "profiles" / f"{profile}.yaml"
+    if not profile_file.is_file():
+        names = sorted(p.stem for p in (params_dir / "profiles").glob("*.yaml"))
+        raise NasflowError(f"unknown profile {profile!r}; valid profiles: {', '.join(names)} (params/profiles/)")
+    cfg = deep_merge(cfg, _read_yaml(profile_file))
+    cfg = deep_merge(cfg, overrides or {})
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: dict) -> None:
+    """Raise one NasflowError naming the first bad value, before anything runs."""
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if not errors:
+        return
+    err = jsonschema.exceptions.best_match(errors)
+    where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+    if err.validator == "additionalProperties":
+        msg = f"unknown parameter in {where}: {err.message}"
+    elif err.validator == "required":
+        msg = f"missing parameter in {where}: {err.message}"
+    else:
+        msg = f"invalid parameter {where} = {err.instance!r}: {err.message}"
+    raise NasflowError(f"{msg} (fix it in params/{PARAMS_FILE}, params/profiles/{cfg.get('profile')}.yaml or --config)")
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def spec_key(spec: dict) -> str:
+    """Short hash of exactly the parameters a stage reads: same settings, same path, one job."""
+    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:10]

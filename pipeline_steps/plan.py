@@ -1,0 +1,115 @@
+"""The pipeline plan: which runs exist, what each stage reads (its spec) and where it writes.
+
+Snakemake rules and the CLI both ask this module, so a path or a spec is defined once.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from .config import canonical_json, spec_key
+from .methods import get_method
+
+RUN_DIR = "results/{space}/{dataset}/seed{seed}"
+SUPERNET_DIR = RUN_DIR + "/supernet/{key}"
+DERIVE_FILE = RUN_DIR + "/{method}/derive/arch.json"
+LOOKUP_FILE = RUN_DIR + "/{method}/lookup/result.json"
+REPORT_FILE = "results/REPORT.md"
+REPORT_METRICS = "results/metrics.json"
+SUMMARY_FILE = "results/{space}/summary.parquet"
+
+
+class Plan:
+    def __init__(self, cfg: dict, project_dir: str | Path = "."):
+        self.cfg = cfg
+        self.project_dir = Path(project_dir).resolve()
+
+    # ----------------------------------------------------------------- runs
+    def runs(self) -> list[dict]:
+        c = self.cfg
+        return [dict(space=s, dataset=d, seed=seed, method=m)
+                for s, d, seed, m in itertools.product(c["spaces"], c["datasets"], c["seeds"], c["methods"])]
+
+    # ----------------------------------------------------------------- specs
+    def supernet_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
+        c = self.cfg
+        return {
+            "stage": "supernet",
+            "space": space,
+            "space_settings": c["space"][space],
+            "dataset": dataset,
+            "data": {k: c["data"][k] for k in ("image_size", "max_images", "train_portion")},
+            "search": c["search"],
+            "mode": get_method(method).supernet_mode(c),
+            "seed": int(seed),
+        }
+
+    def supernet_dir(self, method: str, space: str, dataset: str, seed: int) -> str:
+        key = spec_key(self.supernet_spec(method, space, dataset, seed))
+        return SUPERNET_DIR.format(space=space, dataset=dataset, seed=seed, key=key)
+
+    def supernet_spec_for_key(self, space: str, dataset: str, seed: int, key: str) -> dict:
+        """The spec behind a supernet path: the methods that share it agree on every field."""
+        for method in self.cfg["methods"]:
+            spec = self.supernet_spec(method, space, dataset, seed)
+            if spec_key(spec) == key:
+                return spec
+        raise KeyError(f"no configured method trains supernet {key} for {space}/{dataset}/seed{seed}")
+
+    def derive_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
+        return {"stage": "derive", "method": method, "space": space, "space_settings": self.cfg["space"][space],
+                "settings": get_method(method).derive_settings(self.cfg), "seed": int(seed), "dataset": dataset}
+
+    def lookup_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
+        return {**self.derive_spec(method, space, dataset, seed), "stage": "lookup", "benchmark": self.cfg["benchmark"]}
+
+    def report_spec(self) -> dict:
+        c = self.cfg
+        return {"stage": "report", "profile": c["profile"], "runs": self.runs(),
+                "lookups": [LOOKUP_FILE.format(**r) for r in self.runs()], "spaces": c["spaces"]}
+
+    # ----------------------------------------------------------------- targets
+    def targets(self) -> list[str]:
+        return [REPORT_FILE, REPORT_METRICS] + [SUMMARY_FILE.format(space=s) for s in self.cfg["spaces"]]
+
+    def resources(self, rule: str) -> dict:
+        """A rule's resources; gpu `auto` asks for one GPU where this machine has NVIDIA GPUs, none
+        elsewhere (so CPU workstations run seeds in parallel). Cluster profiles set gpu explicitly."""
+        res = dict(self.cfg["resources"][rule])
+        if res["gpu"] == "auto":
+            res["gpu"] = 1 if shutil.which("nvidia-smi") else 0
+        return res
+
+    # ----------------------------------------------------------------- runtime
+    def runtime(self) -> dict:
+        """Settings that do not change any result (so they are not in the stage hashes)."""
+        c = self.cfg
+        uri = c["tracking"]["uri"] or f"sqlite:///{self.project_dir / 'mlflow.db'}"
+        return {
+            "device": c["device"],
+            "data": {k: c["data"][k] for k in ("root", "source", "download")},
+            "benchmark": c["benchmark"],
+            "tracking": {**c["tracking"], "uri": uri, "artifacts": (self.project_dir / "mlartifacts").as_uri()},
+            "profile": c["profile"],
+            "config_hash": spec_key({k: v for k, v in c.items() if k not in ("device", "tracking", "resources")}),
+            "git_commit": git_commit(self.project_dir),
+        }
+
+
+def git_commit(cwd: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def spec_arg(spec: dict) -> str:
+    return canonical_json(spec)
+
+
+def runtime_json(plan: Plan) -> str:
+    return json.dumps(plan.runtime(), sort_keys=True)

@@ -1,0 +1,101 @@
+"""MLflow tracking for stages: one MLflow run per stage, tied together by tags.
+
+Parallel jobs share one SQLite file, which answers "database is locked" (or races on creating
+the schema) under contention: every call is retried with jittered backoff.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+_TRANSIENT = ("database is locked", "already exists", "unique constraint", "could not obtain lock",
+              "disk i/o error", "connection refused", "temporarily unavailable")
+
+
+def _retry(fn: Callable[[], Any], attempts: int = 12) -> Any:
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as e:  # mlflow wraps sqlite errors in several exception types
+            if i == attempts - 1 or not any(t in str(e).lower() for t in _TRANSIENT):
+                raise
+            time.sleep(min(5.0, 0.1 * 2 ** i) * (0.5 + random.random()))
+
+
+class Tracker:
+    """No-op when tracking is disabled, so stages never branch on it."""
+
+    def __init__(self, tracking: dict, run_name: str, tags: dict[str, Any], run_id: str | None = None):
+        self.enabled = bool(tracking.get("enabled"))
+        self.run_id = run_id
+        if not self.enabled:
+            return
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking["uri"])
+        exp_id = _retry(lambda: self._experiment(tracking["experiment"], tracking.get("artifacts")))
+        if run_id is None:
+            run = _retry(lambda: self.client.create_run(exp_id, run_name=run_name,
+                                                        tags={k: str(v) for k, v in tags.items()}))
+            self.run_id = run.info.run_id
+        else:  # resumed stage: keep logging into the same run
+            _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+
+    def _experiment(self, name: str, artifacts: str | None) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        return self.client.create_experiment(name, artifact_location=artifacts and f"{artifacts}/{name}")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.enabled:
+            from mlflow.entities import Param
+
+            flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+            for i in range(0, len(flat), 100):
+                _retry(lambda: self.client.log_batch(self.run_id, params=flat[i:i + 100]))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.enabled:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+            _retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+
+    def log_artifact(self, path: str | Path) -> None:
+        if self.enabled:
+            _retry(lambda: self.client.log_artifact(self.run_id, str(path)))
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        if self.enabled:
+            with tempfile.TemporaryDirectory() as d:
+                p = Path(d) / name
+                p.write_text(json.dumps(obj, indent=2, default=str))
+                self.log_artifact(p)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.enabled:
+            for k, v in tags.items():
+                _retry(lambda: self.client.set_tag(self.run_id, k, str(v)))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.enabled:
+            _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

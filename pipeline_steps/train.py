@@ -1,0 +1,124 @@
+"""One training loop for every method; what differs between methods is the step mode.
+
+Modes:
+  bilevel      first-order DARTS: alpha step on a D_val batch (Adam), then weight step on a
+               D_tr batch (SGD, grad-norm clip). METHODS.md 1.4.
+  fixed_alpha  weight steps only, alpha frozen (warm-up, DARTS-PT's fix-alpha supernet).
+Methods add modes by registering a step function in MODES.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import SearchData
+from .supernet import SupernetState
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    grad_clip: float = 5.0
+    mixing: str = "softmax"
+
+
+class Hook(Protocol):
+    """Per-step callback; e.g. OStr accumulates |dL/dalpha| right after the alpha backward."""
+
+    def after_alpha_backward(self, state: SupernetState) -> None: ...
+
+
+class StepStats:
+    """Running loss/accuracy sums kept on the device: no host sync per step, one per epoch."""
+
+    def __init__(self) -> None:
+        self.loss_sum: torch.Tensor | float = 0.0
+        self.correct: torch.Tensor | int = 0
+        self.count = 0
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        self.loss_sum = self.loss_sum + loss.detach() * len(y)
+        self.correct = self.correct + (logits.detach().argmax(1) == y).sum()
+        self.count += len(y)
+
+    def means(self) -> tuple[float, float]:
+        n = max(self.count, 1)
+        return float(self.loss_sum) / n, 100.0 * float(self.correct) / n
+
+
+def weight_step(state: SupernetState, data: SearchData, s: StepSettings, stats: StepStats) -> None:
+    x, y = data.train_batch(state.generator)
+    weights = {k: w.detach() for k, w in state.weights(s.mixing).items()}
+    state.w_optimizer.zero_grad(set_to_none=True)
+    logits = state.model(x, weights, state.active())
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(state.model.parameters(), s.grad_clip)
+    state.w_optimizer.step()
+    stats.add(logits.detach(), y, loss.detach())
+
+
+def alpha_step(state: SupernetState, data: SearchData, s: StepSettings, stats: StepStats,
+               hooks: Iterable[Hook]) -> None:
+    x, y = data.val_batch(state.generator)
+    state.a_optimizer.zero_grad(set_to_none=True)
+    logits = state.model(x, state.weights(s.mixing), state.active())
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    for hook in hooks:
+        hook.after_alpha_backward(state)
+    state.a_optimizer.step()
+    stats.add(logits.detach(), y, loss.detach())
+
+
+def bilevel(state, data, s, train_stats, val_stats, hooks) -> None:
+    alpha_step(state, data, s, val_stats, hooks)
+    weight_step(state, data, s, train_stats)
+
+
+def fixed_alpha(state, data, s, train_stats, val_stats, hooks) -> None:
+    weight_step(state, data, s, train_stats)
+
+
+MODES: dict[str, Callable[..., None]] = {"bilevel": bilevel, "fixed_alpha": fixed_alpha}
+
+
+def train_epoch(state: SupernetState, data: SearchData, mode: str, settings: StepSettings = StepSettings(),
+                hooks: Iterable[Hook] = (), progress: bool = True) -> dict[str, float]:
+    """One epoch (len(D_tr)/batch steps) in `mode`; steps the LR schedule once, advances state.epoch."""
+    step = MODES[mode]
+    hooks = list(hooks)
+    state.model.train()
+    train_stats, val_stats = StepStats(), StepStats()
+    lr = state.w_optimizer.param_groups[0]["lr"]
+    bar = tqdm(range(data.steps_per_epoch), desc=f"epoch {state.epoch + 1}", leave=False, disable=not progress,
+               mininterval=2.0)
+    for _ in bar:
+        step(state, data, settings, train_stats, val_stats, hooks)
+    state.scheduler.step()
+    state.epoch += 1
+    train_loss, train_acc = train_stats.means()
+    record = {"epoch": state.epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
+    if val_stats.count:
+        record["val_loss"], record["val_acc"] = val_stats.means()
+    return record
+
+
+@torch.no_grad()
+def evaluate(state: SupernetState, batches, weights: dict[str, torch.Tensor] | None = None,
+             active: dict[str, list[list[int]]] | None = None, train_bn: bool = True) -> tuple[float, float]:
+    """(loss, accuracy %) over `batches`. train_bn=True uses batch statistics, as the search codes do."""
+    was_training = state.model.training
+    state.model.train(train_bn)
+    weights = weights if weights is not None else state.weights()
+    active = active if active is not None else state.active()
+    stats = StepStats()
+    for x, y in batches:
+        logits = state.model(x, weights, active)
+        stats.add(logits, y, F.cross_entropy(logits, y))
+    state.model.train(was_training)
+    return stats.means()
+

@@ -1,0 +1,21 @@
+# The comparison report over every configured run.
+
+
+rule report:
+    input:
+        PLAN.report_spec()["lookups"],
+    output:
+        report="results/REPORT.md",
+        metrics="results/metrics.json",
+        summaries=expand("results/{space}/summary.parquet", space=config["spaces"]),
+    params:
+        spec=spec_arg(PLAN.report_spec()),
+    log:
+        "results/report.log",
+    threads: PLAN.resources("report")["threads"]
+    resources:
+        mem_mb=PLAN.resources("report")["mem_mb"],
+        runtime=PLAN.resources("report")["runtime"],
+        gpu=PLAN.resources("report")["gpu"],
+    shell:
+        "python -m pipeline_steps report --spec {params.spec:q} > {log} 2>&1"
