@@ -4,13 +4,14 @@ import sys
 
 sys.path.insert(0, workflow.basedir)
 
-from pipeline_steps.config import validate
+from pipeline_steps.config import coerce_scalars, validate
 from pipeline_steps.errors import NasflowError
 from pipeline_steps.plan import Plan, runtime_json, spec_arg
 
 configfile: "params/nasflow.yaml"
 configfile: f"params/profiles/{config.get('profile', 'quick')}.yaml"
 
+config.update(coerce_scalars(config))
 try:
     validate(config)
 except NasflowError as err:

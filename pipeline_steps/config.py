@@ -50,6 +50,23 @@ def load_params(params_dir: str | os.PathLike = "params", overrides: dict | None
     return cfg
 
 
+def coerce_scalars(obj: Any) -> Any:
+    """Snakemake's `--config key={a: false}` leaves nested values as strings; read them as YAML
+    scalars (true, 3, 0.5, null), as they would be in a params file."""
+    if isinstance(obj, dict):
+        return {k: coerce_scalars(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [coerce_scalars(v) for v in obj]
+    if isinstance(obj, str):
+        try:
+            value = yaml.safe_load(obj)
+        except yaml.YAMLError:
+            return obj
+        if value is None or isinstance(value, (bool, int, float, list, dict)):
+            return value
+    return obj
+
+
 def validate(cfg: dict) -> None:
     """Raise one NasflowError naming the first bad value, before anything runs."""
     import jsonschema

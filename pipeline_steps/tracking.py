@@ -5,13 +5,15 @@ the schema) under contention: every call is retried with jittered backoff.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 _TRANSIENT = ("database is locked", "already exists", "unique constraint", "could not obtain lock",
               "disk i/o error", "connection refused", "temporarily unavailable")
@@ -27,6 +29,23 @@ def _retry(fn: Callable[[], Any], attempts: int = 12) -> Any:
             time.sleep(min(5.0, 0.1 * 2 ** i) * (0.5 + random.random()))
 
 
+@contextmanager
+def _sqlite_init_lock(uri: str) -> Iterator[None]:
+    """MLflow creates and migrates a new SQLite schema on first use; two jobs doing it at once
+    corrupt the version table. Serialise that first contact with a lock file beside the DB."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class Tracker:
     """No-op when tracking is disabled, so stages never branch on it."""
 
@@ -38,8 +57,9 @@ class Tracker:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=tracking["uri"])
-        exp_id = _retry(lambda: self._experiment(tracking["experiment"], tracking.get("artifacts")))
+        with _sqlite_init_lock(tracking["uri"]):
+            self.client = MlflowClient(tracking_uri=tracking["uri"])
+            exp_id = _retry(lambda: self._experiment(tracking["experiment"], tracking.get("artifacts")))
         if run_id is None:
             run = _retry(lambda: self.client.create_run(exp_id, run_name=run_name,
                                                         tags={k: str(v) for k, v in tags.items()}))
