@@ -28,7 +28,7 @@ wildcard_constraints:
     method="|".join(config["methods"]),
 
 include: "workflow/rules/search.smk"
-include: "workflow/rules/lookup.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--supernet-history", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path)
 
+    s = sub.add_parser("retrain", help="train the derived DARTS-space network from scratch (stage)")
+    s.add_argument("--spec", required=True, type=_spec)
+    s.add_argument("--arch", required=True, type=Path)
+    s.add_argument("--supernet-metrics", required=True, type=Path)
+    s.add_argument("--model", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path)
+
     s = sub.add_parser("report", help="tables and figures over every finished run (stage)")
     s.add_argument("--spec", required=True, type=_spec)
     s.add_argument("--results-dir", default="results", type=Path)
@@ -104,6 +111,8 @@ def run(args: argparse.Namespace) -> None:
         stages.derive(args.spec, runtime, args.supernet, args.out)
     elif args.command == "benchmark-lookup":
         stages.lookup(args.spec, runtime, args.arch, args.supernet_metrics, args.supernet_history, args.out)
+    elif args.command == "retrain":
+        stages.retrain(args.spec, runtime, args.arch, args.supernet_metrics, args.model, args.out)
     elif args.command == "report":
         from .report import report
 

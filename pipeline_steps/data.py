@@ -69,32 +69,42 @@ class DeviceImages:
         return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def load_images(settings: DataSettings, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split as uint8 arrays, shuffled (image folders), subset (training split) and resized as set."""
+    images, labels = load_split(settings.dataset, split, source=settings.source, root=settings.root,
+                                download=settings.download)
+    if settings.source == "folder" or (settings.source == "auto" and _is_folder(settings.root)):
+        # image folders list images class by class: shuffle once (fixed seed) so that both halves
+        # of the search split hold every class; torchvision's files keep the official order
+        order = np.random.default_rng(0).permutation(len(labels))
+        images, labels = images[order], labels[order]
+    if split == "train" and settings.max_images is not None and settings.max_images < len(labels):
+        # fixed seed: every run seed sees the same subset, so seeds differ only in the search
+        keep = np.sort(np.random.default_rng(0).permutation(len(labels))[: settings.max_images])
+        images, labels = images[keep], labels[keep]
+    if settings.image_size is not None and settings.image_size != images.shape[-1]:
+        images = resize_uint8(images, settings.image_size)
+    return images, labels
+
+
+def device_images(settings: DataSettings, split: str, device: torch.device | str) -> DeviceImages:
+    info = dataset_info(settings.dataset)
+    images, labels = load_images(settings, split)
+    size = images.shape[-1]
+    pad = settings.crop_padding if settings.crop_padding is not None else (4 if size >= 32 else max(1, size // 8))
+    return DeviceImages(images, labels, info.mean, info.std, device, pad)
+
+
 class SearchData:
     """The search split of the training set: D_tr (weights) and D_val (alpha), both augmented."""
 
     def __init__(self, settings: DataSettings, batch_size: int, device: torch.device | str):
-        info = dataset_info(settings.dataset)
-        images, labels = load_split(settings.dataset, "train", source=settings.source, root=settings.root,
-                                    download=settings.download)
-        if settings.source == "folder" or (settings.source == "auto" and _is_folder(settings.root)):
-            # image folders list images class by class: shuffle once (fixed seed) so that both halves
-            # of the split hold every class; torchvision's files keep the official order
-            order = np.random.default_rng(0).permutation(len(labels))
-            images, labels = images[order], labels[order]
-        if settings.max_images is not None and settings.max_images < len(labels):
-            # fixed seed: every run seed sees the same subset, so seeds differ only in the search
-            keep = np.sort(np.random.default_rng(0).permutation(len(labels))[: settings.max_images])
-            images, labels = images[keep], labels[keep]
-        if settings.image_size is not None and settings.image_size != images.shape[-1]:
-            images = resize_uint8(images, settings.image_size)
-        size = images.shape[-1]
-        pad = settings.crop_padding if settings.crop_padding is not None else (4 if size >= 32 else max(1, size // 8))
-        self.images = DeviceImages(images, labels, info.mean, info.std, device, pad)
-        self.num_classes = info.num_classes
+        self.images = device_images(settings, "train", device)
+        self.num_classes = dataset_info(settings.dataset).num_classes
         self.batch_size = batch_size
-        split = int(math.floor(len(labels) * settings.train_portion))
+        split = int(math.floor(len(self.images) * settings.train_portion))
         self.train_idx = torch.arange(0, split)
-        self.val_idx = torch.arange(split, len(labels))
+        self.val_idx = torch.arange(split, len(self.images))
         self.steps_per_epoch = math.ceil(len(self.train_idx) / batch_size)
 
     def _sample(self, pool: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,9 @@ RUN_DIR = "results/{space}/{dataset}/seed{seed}"
 SUPERNET_DIR = RUN_DIR + "/supernet/{key}"
 DERIVE_FILE = RUN_DIR + "/{method}/derive/arch.json"
 LOOKUP_FILE = RUN_DIR + "/{method}/lookup/result.json"
+RETRAIN_FILE = RUN_DIR + "/{method}/retrain/result.json"
+# NB201 cells are looked up in the benchmark; DARTS-space cells are trained from scratch.
+RESULT_FILE = {"nb201": LOOKUP_FILE, "darts": RETRAIN_FILE}
 REPORT_FILE = "results/REPORT.md"
 REPORT_METRICS = "results/metrics.json"
 SUMMARY_FILE = "results/{space}/summary.parquet"
@@ -66,10 +69,15 @@ class Plan:
     def lookup_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
         return {**self.derive_spec(method, space, dataset, seed), "stage": "lookup", "benchmark": self.cfg["benchmark"]}
 
+    def retrain_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
+        c = self.cfg
+        return {"stage": "retrain", "method": method, "space": space, "dataset": dataset, "seed": int(seed),
+                "retrain": c["retrain"], "data": {k: c["data"][k] for k in ("image_size", "max_images")}}
+
     def report_spec(self) -> dict:
         c = self.cfg
-        return {"stage": "report", "profile": c["profile"], "runs": self.runs(),
-                "lookups": [LOOKUP_FILE.format(**r) for r in self.runs()], "spaces": c["spaces"]}
+        return {"stage": "report", "profile": c["profile"], "spaces": c["spaces"],
+                "results": [RESULT_FILE[r["space"]].format(**r) for r in self.runs()]}
 
     # ----------------------------------------------------------------- targets
     def targets(self) -> list[str]:

@@ -1,4 +1,5 @@
-"""The comparison report: per-run rows, mean +- std over seeds, and the search trajectory plot."""
+"""The comparison report: per-run rows, mean +- std over seeds, the search trajectory plot and
+the searched DARTS cells."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,24 +13,27 @@ from .tracking import Tracker
 LABELS = {"cifar10_valid_acc": "C10 valid", "cifar10_test_acc": "C10 test", "cifar100_valid_acc": "C100 valid",
           "cifar100_test_acc": "C100 test", "imagenet16_120_valid_acc": "IN16 valid",
           "imagenet16_120_test_acc": "IN16 test"}
+RETRAIN_COLUMNS = ["test_error", "test_acc", "params_m", "flops_m"]
 
 
-def runs_table(lookup_files: list[str]) -> pd.DataFrame:
+def runs_table(result_files: list[str]) -> pd.DataFrame:
     rows = []
-    for f in lookup_files:
+    for f in result_files:
         r = read_json(f)
-        row = {k: r[k] for k in ("method", "space", "dataset", "seed", "arch_str", "rank", "device", "supernet_key")}
-        row.update({m: r[m] for m in METRICS})
+        row = {k: r[k] for k in ("method", "space", "dataset", "seed", "device", "supernet_key")}
+        row["arch"] = r.get("arch_str", r.get("arch"))
+        row.update({k: r[k] for k in (*METRICS, "rank", *RETRAIN_COLUMNS) if k in r})
         row.update({f"wall_{stage}_s": t for stage, t in r["wall_time_s"].items()})
-        row["search_cost_h"] = sum(r["wall_time_s"].values()) / 3600
+        row["search_cost_h"] = (r["wall_time_s"]["supernet"] + r["wall_time_s"]["derive"]) / 3600
+        row["result_file"] = str(f)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """mean +- std over seeds per method and search dataset; n says how many seeds it rests on."""
+def summary_table(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """mean +- std over seeds per method and search dataset; n_seeds says how many it rests on."""
     g = runs.groupby(["method", "dataset"], sort=True)
-    out = g[[*METRICS, "search_cost_h"]].agg(["mean", "std"])
+    out = g[[*columns, "search_cost_h"]].agg(["mean", "std"])
     out.columns = [f"{m}_{s}" for m, s in out.columns]
     out["n_seeds"] = g.size()
     return out.reset_index()
@@ -43,32 +47,50 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")  # arch strings are full of pipes, which would end the table cell
 
 
-def markdown(summary: pd.DataFrame, runs: pd.DataFrame, optimal: dict, profile: str) -> str:
-    head = ["Method", "Searched on", "Seeds", "Search cost (h)"] + [LABELS[m] for m in METRICS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, r in summary.iterrows():
-        cells = [r["method"], r["dataset"], str(r["n_seeds"]), f"{r['search_cost_h_mean']:.3f}"]
-        cells += [_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("| Optimal | - | - | - | " + " | ".join(f"{optimal[m]:.2f}" for m in METRICS) + " |")
-    per_run = ["| Method | Dataset | Seed | Arch | Rank | " + " | ".join(LABELS[m] for m in METRICS) + " | Wall (s) |",
-               "|" + "---|" * (6 + len(METRICS))]
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def nb201_markdown(runs: pd.DataFrame, optimal: dict) -> list[str]:
+    summary = summary_table(runs, list(METRICS))
+    rows = [[r["method"], r["dataset"], str(r["n_seeds"]), f"{r['search_cost_h_mean']:.3f}",
+             *(_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS)] for _, r in summary.iterrows()]
+    rows.append(["Optimal", "-", "-", "-", *(f"{optimal[m]:.2f}" for m in METRICS)])
+    per_run = [[r["method"], r["dataset"], str(r["seed"]), f"`{_cell(r['arch'])}`", str(r["rank"]),
+                *(f"{r[m]:.2f}" for m in METRICS), f"{r['search_cost_h'] * 3600:.1f}"]
+               for _, r in runs.sort_values(["method", "dataset", "seed"]).iterrows()]
+    return ["## NAS-Bench-201", "",
+            *_table(["Method", "Searched on", "Seeds", "Search cost (h)", *(LABELS[m] for m in METRICS)], rows),
+            "", "### Runs", "",
+            *_table(["Method", "Dataset", "Seed", "Arch", "Rank", *(LABELS[m] for m in METRICS), "Search (s)"],
+                    per_run),
+            "", "![search trajectory](nb201/figures/search_trajectory.png)", ""]
+
+
+def darts_markdown(runs: pd.DataFrame, results_dir: Path) -> list[str]:
+    summary = summary_table(runs, RETRAIN_COLUMNS)
+    rows = [[r["method"], r["dataset"], str(r["n_seeds"]), _pm(r["test_error_mean"], r["test_error_std"]),
+             f"{r['params_m_mean']:.2f}", f"{r['flops_m_mean']:.0f}", f"{r['search_cost_h_mean']:.3f}"]
+            for _, r in summary.iterrows()]
+    lines = ["## DARTS space (searched, then trained from scratch)", "",
+             *_table(["Method", "Searched on", "Seeds", "Test error (%)", "Params (M)", "FLOPs (M)",
+                      "Search cost (h)"], rows), "", "### Searched cells", ""]
     for _, r in runs.sort_values(["method", "dataset", "seed"]).iterrows():
-        wall = sum(r[c] for c in runs.columns if c.startswith("wall_"))
-        per_run.append(f"| {r['method']} | {r['dataset']} | {r['seed']} | `{_cell(r['arch_str'])}` | {r['rank']} | "
-                       + " | ".join(f"{r[m]:.2f}" for m in METRICS) + f" | {wall:.1f} |")
-    note = ("" if profile == "paper" else
-            f"\nProfile `{profile}`: a reduced-scale run, not a reproduction of the papers' numbers.\n")
-    return "\n".join(["## NAS-Bench-201", note, *lines, "", "### Runs", "", *per_run, ""])
+        picture = Path(r["result_file"]).parents[1] / "derive" / "cells.png"
+        lines.append(f"- {r['method']} {r['dataset']} seed {r['seed']}: test error {r['test_error']:.2f}%, "
+                     f"`{r['arch']}`")
+        if picture.exists():
+            lines.append(f"  ![cells]({picture.resolve().relative_to(results_dir.resolve())})")
+    return lines + [""]
 
 
-def trajectory_plot(lookup_files: list[str], path: Path) -> None:
+def trajectory_plot(result_files: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = [read_json(f) for f in lookup_files]
+    results = [read_json(f) for f in result_files]
     methods = sorted({r["method"] for r in results})
     fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 3.6), squeeze=False)
     for ax, method in zip(axes[0], methods):
@@ -88,28 +110,33 @@ def trajectory_plot(lookup_files: list[str], path: Path) -> None:
 
 
 def report(spec: dict, runtime: dict, results_dir: Path) -> None:
-    runs = runs_table(spec["lookups"])
-    bench = load_benchmark(runtime["benchmark"]["source"], runtime["benchmark"]["path"])
-    sections, metrics = [f"# nasflow report (profile `{spec['profile']}`)", ""], {}
+    runs = runs_table(spec["results"])
+    sections, metrics, figures = [f"# nasflow report (profile `{spec['profile']}`)", ""], {}, []
+    if spec["profile"] != "paper":
+        sections += [f"Profile `{spec['profile']}`: reduced scale, not a reproduction of the papers' numbers.", ""]
     for space in spec["spaces"]:
         space_runs = runs[runs["space"] == space]
-        summary = summary_table(space_runs)
-        space_dir = results_dir / space
-        with atomic_path(space_dir / "summary.parquet") as tmp:
-            space_runs.to_parquet(tmp, index=False)
-        text = markdown(summary, space_runs, bench.optimal(), spec["profile"])
-        write_text(space_dir / "summary.md", text)
-        figure = space_dir / "figures" / "search_trajectory.png"
-        trajectory_plot([f for f in spec["lookups"] if read_json(f)["space"] == space], figure)
-        sections += [text, f"![search trajectory]({figure.relative_to(results_dir)})", ""]
-        metrics[space] = {f"{r['method']}/{r['dataset']}": {**{m: r[f"{m}_mean"] for m in METRICS},
+        with atomic_path(results_dir / space / "summary.parquet") as tmp:
+            space_runs.drop(columns="result_file").to_parquet(tmp, index=False)
+        if space == "nb201":
+            bench = load_benchmark(runtime["benchmark"]["source"], runtime["benchmark"]["path"])
+            text = nb201_markdown(space_runs, bench.optimal())
+            figure = results_dir / "nb201" / "figures" / "search_trajectory.png"
+            trajectory_plot(list(space_runs["result_file"]), figure)
+            figures.append(figure)
+            columns = list(METRICS)
+        else:
+            text = darts_markdown(space_runs, results_dir)
+            columns = RETRAIN_COLUMNS
+        write_text(results_dir / space / "summary.md", "\n".join(text))
+        sections += text
+        metrics[space] = {f"{r['method']}/{r['dataset']}": {**{c: r[f"{c}_mean"] for c in columns},
                                                            "n_seeds": int(r["n_seeds"])}
-                          for _, r in summary.iterrows()}
+                          for _, r in summary_table(space_runs, columns).iterrows()}
     write_text(results_dir / "REPORT.md", "\n".join(sections))
     tracker = Tracker(runtime["tracking"], "report", {"stage": "report", "params_hash": runtime["config_hash"],
                                                      "git_commit": runtime["git_commit"], "profile": spec["profile"]})
-    tracker.log_artifact(results_dir / "REPORT.md")
-    for space in spec["spaces"]:
-        tracker.log_artifact(results_dir / space / "figures" / "search_trajectory.png")
+    for path in [results_dir / "REPORT.md", *figures]:
+        tracker.log_artifact(path)
     tracker.finish()
     write_json(results_dir / "metrics.json", metrics)

@@ -10,13 +10,11 @@ RNG, are checkpointed after each epoch, so a resumed run equals an uninterrupted
 """
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,7 +25,9 @@ from .data import DeviceImages
 from .errors import NasflowError
 from .eval_networks import (NB201Network, NetworkCIFAR, NetworkImageNet, count_flops_m,  # noqa: F401
                             count_params_m)
+from .rng import rng_state, seed_everything, set_rng_state
 from .spaces.genotype import Genotype
+from .train import StepStats
 
 
 @dataclass(frozen=True)
@@ -88,37 +88,19 @@ def evaluate(model: nn.Module, images: DeviceImages, batch_size: int) -> tuple[f
     return float(loss_sum) / n, 100.0 * float(correct) / n
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
-    return {"generator": generator.get_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(rng: dict[str, Any], generator: torch.Generator) -> None:
-    generator.set_state(rng["generator"])
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-
-
 def retrain(model: nn.Module, train: DeviceImages, test: DeviceImages, settings: RetrainSettings,
             checkpoint_path: str | Path, seed: int, on_epoch: Callable[[dict], None] | None = None,
-            progress: bool = False) -> dict[str, Any]:
+            progress: bool = False, meta: dict | None = None) -> dict[str, Any]:
     """Train `model` (already on its device) from scratch and test it after every epoch.
 
     SGD + cosine LR (to lr_min), cutout, drop path prob = drop_path * epoch / epochs, auxiliary
     loss, gradient clipping. After each epoch the checkpoint at `checkpoint_path` is replaced
     atomically; if it exists on entry, training resumes from it. `on_epoch(record)` runs after
-    the checkpoint is written. Returns test_acc / test_error (%, last epoch), params_m, flops_m,
+    the checkpoint is written; `meta` is stored in it as is (e.g. a tracking run id). Returns test_acc / test_error (%, last epoch), params_m, flops_m,
     epochs, history and wall_time_s (summed over resumes).
     """
     s = settings
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seed_everything(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
                                 nesterov=s.nesterov)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(s.epochs, 1), eta_min=s.lr_min)
@@ -140,10 +122,9 @@ def retrain(model: nn.Module, train: DeviceImages, test: DeviceImages, settings:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, history, wall = ckpt["epoch"], list(ckpt["history"]), ckpt["wall_time_s"]
-        _set_rng_state(ckpt["rng"], generator)
+        set_rng_state(ckpt["rng"], generator)
 
     n, bs = len(train), s.batch_size
-    device = train.labels.device
     bar = tqdm(range(start_epoch, s.epochs), desc="retrain", disable=not progress, initial=start_epoch,
                total=s.epochs, mininterval=5.0)
     for epoch in bar:
@@ -152,9 +133,7 @@ def retrain(model: nn.Module, train: DeviceImages, test: DeviceImages, settings:
             model.drop_path_prob = s.drop_path * epoch / s.epochs
         lr = optimizer.param_groups[0]["lr"]
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
+        stats = StepStats()
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, bs):
             idx = order[start:start + bs]
@@ -172,20 +151,19 @@ def retrain(model: nn.Module, train: DeviceImages, test: DeviceImages, settings:
             if s.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
             optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
+            stats.add(logits, y, loss)
         scheduler.step()
         test_loss, test_acc = evaluate(model, test, bs)
         wall += time.monotonic() - started
+        train_loss, train_acc = stats.means()
         record = {"epoch": epoch + 1, "lr": lr, "drop_path_prob": getattr(model, "drop_path_prob", 0.0),
-                  "train_loss": float(loss_sum) / max(seen, 1), "train_acc": 100.0 * float(correct) / max(seen, 1),
-                  "test_loss": test_loss, "test_acc": test_acc}
+                  "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
         history.append(record)
         with atomic_path(path) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
-                        "wall_time_s": wall, "rng": _rng_state(generator), "fingerprint": fingerprint}, tmp)
+                        "wall_time_s": wall, "rng": rng_state(generator), "fingerprint": fingerprint,
+                        "meta": meta or {}}, tmp)
         bar.set_postfix(test_acc=f"{test_acc:.2f}")
         if on_epoch is not None:
             on_epoch(record)

@@ -2,6 +2,7 @@
 measured wall time and device, and one MLflow run; long stages resume from their last epoch."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,10 +12,15 @@ import torch
 from .atomic import read_json, write_json
 from .benchmark import load_benchmark
 from .config import spec_key
-from .data import DataSettings, SearchData
+from .data import DataSettings, SearchData, device_images
+from .datasets import dataset_info
 from .device import resolve_device
 from .methods import get_method
+from .retrain import RetrainSettings, cifar_network
+from .retrain import retrain as retrain_network
 from .spaces import get_space
+from .spaces.cell_plot import plot_genotype
+from .spaces.genotype import Genotype, genotype_from_json
 from .supernet import Optimisation, init_state
 from .tracking import Tracker
 from .train import StepSettings, train_epoch
@@ -67,7 +73,7 @@ def supernet(spec: dict, runtime: dict, out_ckpt: Path, out_metrics: Path, out_h
         record["wall_time_s"] = wall
         record["alpha"] = {k: a.detach().cpu().tolist() for k, a in state.alpha.items()}
         record["mask"] = {k: m.tolist() for k, m in state.mask.items()}
-        record["arch"] = space.derive(state.weights(), state.mask, True)
+        record["arch"] = str(space.derive(state.weights(), state.mask, True))
         if bench is not None:  # live monitoring only; the lookup stage recomputes per method
             record["bench_cifar10_test_acc"] = bench.lookup(record["arch"])["cifar10_test_acc"]
         state.history.append(record)
@@ -97,11 +103,17 @@ def derive(spec: dict, runtime: dict, supernet_ckpt: Path, out: Path) -> None:
     tracker = Tracker(runtime["tracking"], f"{spec['method']}-derive-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
                       _tags(spec, runtime, spec["method"]))
     tracker.log_params(spec)
-    result = {"arch": arch, "method": spec["method"], "space": spec["space"], "supernet_key": ckpt["meta"]["key"],
-              "alpha": {k: a.tolist() for k, a in ckpt["alpha"].items()}, "wall_time_s": time.perf_counter() - t0}
+    result = {"arch": str(arch), "method": spec["method"], "space": spec["space"], "supernet_key": ckpt["meta"]["key"],
+              "alpha": {k: a.tolist() for k, a in ckpt["alpha"].items()}}
+    if isinstance(arch, Genotype):  # DARTS space: the genotype as data, and a picture of both cells
+        result["genotype"] = arch.to_dict()
+        for picture in plot_genotype(arch, out.with_name("cells"), title=f"{spec['method']} seed {spec['seed']}"):
+            tracker.log_artifact(picture)
     tracker.log_dict(result["alpha"], "alpha.json")
-    tracker.log_dict({"arch": arch}, "arch.json")
-    tracker.set_tags({"arch": arch})
+    tracker.log_dict({"arch": result["arch"], **({"genotype": result["genotype"]} if "genotype" in result else {})},
+                     "arch.json")
+    tracker.set_tags({"arch": result["arch"][:5000]})
+    result["wall_time_s"] = time.perf_counter() - t0
     write_json(out, result)
     tracker.finish()
 
@@ -131,5 +143,36 @@ def lookup(spec: dict, runtime: dict, arch_file: Path, supernet_metrics: Path, s
                               "lookup": time.perf_counter() - t0}}
     tracker.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=0)
     tracker.set_tags({"arch": row["arch_str"]})
+    write_json(out, result)
+    tracker.finish()
+
+
+def retrain(spec: dict, runtime: dict, arch_file: Path, supernet_metrics: Path, out_model: Path, out: Path) -> None:
+    """Train the derived DARTS-space network from scratch (METHODS.md 1.3); resumes per epoch."""
+    arch = read_json(arch_file)
+    genotype = genotype_from_json(arch["genotype"])
+    device = resolve_device(runtime["device"])
+    d = runtime["data"]
+    data = DataSettings(dataset=spec["dataset"], root=d["root"], source=d["source"], download=d["download"],
+                        image_size=spec["data"]["image_size"], max_images=spec["data"]["max_images"])
+    train_images, test_images = device_images(data, "train", device), device_images(data, "test", device)
+    settings = RetrainSettings(**spec["retrain"])
+    model = cifar_network(genotype, dataset_info(spec["dataset"]).num_classes, settings).to(device)
+    resume = out_model.with_name("resume.pt")
+    meta = torch.load(resume, map_location="cpu", weights_only=False).get("meta", {}) if resume.exists() else {}
+    tracker = Tracker(runtime["tracking"], f"{spec['method']}-retrain-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
+                      _tags(spec, runtime, spec["method"]), run_id=meta.get("run_id"))
+    if not meta:
+        tracker.log_params(spec)
+    result = retrain_network(model, train_images, test_images, settings, resume, spec["seed"],
+                             on_epoch=lambda r: tracker.log_metrics(r, step=r["epoch"]), meta={"run_id": tracker.run_id},
+                             progress=sys.stderr.isatty())
+    os.replace(resume, out_model)
+    sn = read_json(supernet_metrics)
+    result = {**{k: v for k, v in result.items() if k != "wall_time_s"}, "arch": arch["arch"], "method": spec["method"],
+              "space": spec["space"], "dataset": spec["dataset"], "seed": spec["seed"], "device": str(device),
+              "supernet_key": sn["key"], "wall_time_s": {"supernet": sn["wall_time_s"], "derive": arch["wall_time_s"],
+                                                         "retrain": result["wall_time_s"]}}
+    tracker.log_metrics({k: result[k] for k in ("test_acc", "test_error", "params_m", "flops_m")}, step=result["epochs"])
     write_json(out, result)
     tracker.finish()

@@ -6,16 +6,15 @@ epoch counter and a per-epoch history. Saving and loading it is all a stage need
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from .atomic import atomic_path
+from .rng import rng_state, seed_everything, set_rng_state
 from .spaces import Space
 
 
@@ -57,13 +56,7 @@ class SupernetState:
             "epoch": self.epoch,
             "history": self.history,
             "extra": self.extra,
-            "rng": {
-                "generator": self.generator.get_state(),
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": rng_state(self.generator),
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
@@ -78,13 +71,7 @@ class SupernetState:
         self.epoch = ckpt["epoch"]
         self.history = list(ckpt["history"])
         self.extra = dict(ckpt["extra"])
-        rng = ckpt["rng"]
-        self.generator.set_state(rng["generator"])
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_state(ckpt["rng"], self.generator)
 
     def save(self, path: str | Path, **meta: Any) -> None:
         with atomic_path(path) as tmp:
@@ -120,19 +107,16 @@ class Optimisation:
 
 def init_state(space: Space, num_classes: int, opt: Optimisation, seed: int, device: torch.device | str) -> SupernetState:
     """A fresh supernet: seeded weights, alpha ~ 1e-3 * randn, every op alive."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    gen = seed_everything(seed)
     model = space.build(num_classes).to(device)
     alpha = {}
     for k in space.cell_types:
         shape = (space.num_edges, len(space.ops))
         init = 1e-3 * torch.randn(shape) if opt.alpha_init == "randn_1e-3" else torch.full(shape, 1.0 / len(space.ops))
         alpha[k] = nn.Parameter(init.to(device))
-    mask = {k: torch.ones(space.num_edges, len(space.ops), dtype=torch.bool) for k in space.cell_types}
+    mask = space.initial_mask()
     w_opt = torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
     a_opt = torch.optim.Adam(alpha.values(), lr=opt.arch_lr, betas=tuple(opt.arch_betas),
                              weight_decay=opt.arch_weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=max(opt.epochs, 1), eta_min=opt.lr_min)
-    gen = torch.Generator().manual_seed(seed)
     return SupernetState(space, model, alpha, mask, w_opt, a_opt, sched, gen)

@@ -1,6 +1,7 @@
 """Bad input: one clear line naming the bad value, exit status 2, no partial outputs."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import yaml
 
 from pipeline_steps.config import load_params
 from pipeline_steps.errors import NasflowError
+from pipeline_steps.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,20 +56,15 @@ def test_cli_lookup_prints_the_row():
 
 
 def test_stage_with_missing_dataset_leaves_nothing(tmp_path):
-    spec = ('{"stage":"supernet","space":"nb201","space_settings":{"op_order":["none","skip_connect",'
-            '"nor_conv_1x1","nor_conv_3x3","avg_pool_3x3"],"bn_affine":false,"pool_bn":false,"channels":4,'
-            '"cells_per_stage":1},"dataset":"cifar10","data":{"image_size":null,"max_images":null,'
-            '"train_portion":0.5},"search":' + yaml.safe_load("")
-            .__class__.__name__.replace("NoneType", "") + "null" + ',"mode":"bilevel","seed":0}')
-    # the search block is irrelevant here: loading data fails first
-    runtime_params = tmp_path / "params"
-    shutil.copytree(ROOT / "params", runtime_params)
-    cfg = yaml.safe_load((runtime_params / "nasflow.yaml").read_text())
+    params = tmp_path / "params"
+    shutil.copytree(ROOT / "params", params)
+    cfg = yaml.safe_load((params / "nasflow.yaml").read_text())
     cfg["data"].update(root=str(tmp_path / "no-data"), download=False)
     cfg["tracking"]["enabled"] = False
-    (runtime_params / "nasflow.yaml").write_text(yaml.safe_dump(cfg))
+    (params / "nasflow.yaml").write_text(yaml.safe_dump(cfg))
+    spec = Plan(load_params(params)).supernet_spec("darts", "nb201", "cifar10", 0)
     out = tmp_path / "out"
-    r = nasflow("--params-dir", str(runtime_params), "supernet", "--spec", spec.replace('"search":null', '"search":{"batch_size":8}'),
+    r = nasflow("--params-dir", str(params), "supernet", "--spec", json.dumps(spec),
                 "--checkpoint", str(out / "supernet.pt"), "--metrics", str(out / "m.json"),
                 "--history", str(out / "h.json"))
     assert r.returncode == 2, r.stderr

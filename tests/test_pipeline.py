@@ -158,3 +158,33 @@ def test_dvc_repro_push_pull(project, tmp_path):
     assert len(list((clone / "results" / "nb201").glob("cifar10/seed*/supernet/*/supernet.pt"))) == 2
     # pulled files have fresh mtimes; Snakemake must still see nothing to do
     assert jobs_to_run(snakemake("-n", cwd=clone)) == {}
+
+
+@pytest.fixture(scope="module")
+def darts_project(tmp_path_factory, tiny_folder) -> Path:
+    p = copy_project(tmp_path_factory.mktemp("darts_project"))
+    tiny_params(p, tiny_folder)
+    quick = p / "params" / "profiles" / "quick.yaml"
+    q = yaml.safe_load(quick.read_text())
+    q["search"]["epochs"] = 1
+    q["space"]["darts"].update(channels=4, layers=3)
+    q["retrain"].update(epochs=1, layers=3, channels=4, cutout=2, batch_size=16)
+    quick.write_text(yaml.safe_dump(q, sort_keys=False))
+    snakemake("--config", "spaces=[darts]", "seeds=[0]", "tracking={enabled: false}", cwd=p)
+    return p
+
+
+def test_darts_space_searches_then_retrains(darts_project):
+    from pipeline_steps.spaces.genotype import genotype_from_json
+
+    run = darts_project / "results" / "darts" / "cifar10" / "seed0" / "darts"
+    derived = json.loads((run / "derive" / "arch.json").read_text())
+    genotype = genotype_from_json(derived["genotype"])
+    assert len(genotype.normal) == len(genotype.reduce) == 8  # two inputs for each of 4 nodes
+    assert (run / "derive" / "cells.png").stat().st_size > 1000 and (run / "derive" / "cells.svg").exists()
+    result = json.loads((run / "retrain" / "result.json").read_text())
+    assert 0 <= result["test_acc"] <= 100 and result["params_m"] > 0 and result["flops_m"] > 0
+    assert set(result["wall_time_s"]) == {"supernet", "derive", "retrain"}
+    assert (run / "retrain" / "model.pt").exists() and not (run / "retrain" / "resume.pt").exists()
+    report = (darts_project / "results" / "REPORT.md").read_text()
+    assert "## DARTS space" in report and "| darts | cifar10 | 1 |" in report

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from ..errors import NasflowError
@@ -20,11 +21,18 @@ class Space:
     ops: tuple[str, ...]
     cell_types: tuple[str, ...]
     num_edges: int
-    build: Callable[..., nn.Module]          # build(num_classes, **space settings)
+    build: Callable[..., nn.Module]          # build(num_classes)
     derive: Callable[..., Any]               # derive(weights, mask, allow_none) -> arch
+    available: Callable[[], dict] | None = None  # ops present per edge (spaces with per-edge op lists)
 
     def op_index(self, name: str) -> int:
         return self.ops.index(name)
+
+    def initial_mask(self) -> dict[str, torch.Tensor]:
+        """The mask a search starts from: every op the space offers on each edge is alive."""
+        if self.available is not None:
+            return {k: m.clone().bool() for k, m in self.available().items()}
+        return {k: torch.ones(self.num_edges, len(self.ops), dtype=torch.bool) for k in self.cell_types}
 
 
 def _nb201(settings: dict) -> Space:
@@ -43,7 +51,13 @@ def _nb201(settings: dict) -> Space:
     return Space("nb201", ops, ("cell",), len(nb201.EDGES), build, derive)
 
 
-SPACES: dict[str, Callable[[dict], Space]] = {"nb201": _nb201}
+def _darts(settings: dict) -> Space:
+    from . import darts
+
+    return darts.make_space(settings)
+
+
+SPACES: dict[str, Callable[[dict], Space]] = {"nb201": _nb201, "darts": _darts}
 
 
 def get_space(name: str, settings: dict) -> Space:

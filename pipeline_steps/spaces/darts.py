@@ -226,4 +226,4 @@ def make_space(settings: dict) -> "Space":
     def derive_arch(weights, mask, allow_none: bool) -> Genotype:
         return derive(weights, mask, ops, allow_none)
 
-    return Space("darts", ops, CELLS, NUM_EDGES, build, derive_arch)
+    return Space("darts", ops, CELLS, NUM_EDGES, build, derive_arch, available=lambda: initial_mask(op_set))

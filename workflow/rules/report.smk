@@ -3,7 +3,7 @@
 
 rule report:
     input:
-        PLAN.report_spec()["lookups"],
+        PLAN.report_spec()["results"],
     output:
         report="results/REPORT.md",
         metrics="results/metrics.json",

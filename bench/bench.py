@@ -1,0 +1,280 @@
+#!/usr/bin/env python
+"""Speed and memory of one DARTS search iteration and of the quick pipeline end to end.
+
+    python bench/bench.py [--device cpu|cuda|auto] [--skip-pipeline] [--iters N] [--data DIR]
+
+Prints one Markdown table to stdout, progress to stderr. Every supernet is measured in a fresh
+child process so that its peak memory (ru_maxrss, a per-process high-water mark) is its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROJECT_FILES = ["Snakefile", "dvc.yaml", ".dvcignore", "workflow", "params", "pipeline_steps"]
+SUPERNETS = {  # what each child builds; all at the papers' CIFAR search scale, batch 64, 32 px
+    "nb201": "NB201 supernet C=16 N=5",
+    "darts_no_none": "DARTS supernet 8 cells C=16, 7 ops (darts_no_none)",
+    "darts": "DARTS supernet 8 cells C=16, 8 ops (darts)",
+}
+BATCH, NUM_IMAGES, WARMUP = 64, 50_000, 2
+PIPELINE_TIMEOUT_S = 6 * 3600
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------- one search iteration (child)
+
+class RandomSearchData:
+    """SearchData's sampling (a fresh random batch per step; D_tr = first half, D_val = last half)
+    over random uint8 CIFAR-sized images held and augmented on the device by DeviceImages."""
+
+    def __init__(self, device, n: int = NUM_IMAGES, batch_size: int = BATCH):
+        import torch
+        from pipeline_steps.data import DeviceImages
+        from pipeline_steps.datasets import dataset_info
+
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g).numpy()
+        labels = torch.randint(0, 10, (n,), generator=g).numpy()
+        info = dataset_info("cifar10")
+        self.images = DeviceImages(images, labels, info.mean, info.std, device, crop_padding=4)
+        self.batch_size = batch_size
+        self.train_idx, self.val_idx = torch.arange(n // 2), torch.arange(n // 2, n)
+        self.steps_per_epoch = len(self.train_idx) // batch_size
+
+    def _sample(self, pool, generator):
+        import torch
+        pick = torch.randperm(len(pool), generator=generator)[: self.batch_size]
+        return self.images.batch(pool[pick], generator)
+
+    def train_batch(self, generator):
+        return self._sample(self.train_idx, generator)
+
+    def val_batch(self, generator):
+        return self._sample(self.val_idx, generator)
+
+
+def build_state(kind: str, device):
+    import yaml
+    from pipeline_steps.supernet import Optimisation, init_state
+
+    if kind == "nb201":
+        from pipeline_steps.spaces import get_space
+        settings = yaml.safe_load((ROOT / "params" / "nasflow.yaml").read_text())["space"]["nb201"]
+        space = get_space("nb201", {**settings, "channels": 16, "cells_per_stage": 5})
+    else:
+        from pipeline_steps.spaces.darts import initial_mask, make_space
+        space = make_space({"op_set": kind, "channels": 16, "layers": 8})
+    state = init_state(space, 10, Optimisation(epochs=50), seed=0, device=device)
+    if kind != "nb201":
+        state.mask = initial_mask(kind)  # the mask a DARTS search starts from (only matters for s1)
+    return state
+
+
+def max_rss_bytes() -> int:
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def measure(kind: str, device_name: str, iters: int) -> dict:
+    """Time train.MODES['bilevel'] (alpha step on D_val + weight step on D_tr) and its peak memory."""
+    import torch
+    from pipeline_steps.train import MODES, StepSettings, StepStats
+
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    data = RandomSearchData(device)
+    state = build_state(kind, device)
+    state.model.train()
+    step, settings = MODES["bilevel"], StepSettings(grad_clip=5.0)
+    train_stats, val_stats = StepStats(), StepStats()
+    sync()
+    rss_before = max_rss_bytes()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        alloc_before = torch.cuda.memory_allocated(device)
+    times = []
+    for i in range(WARMUP + iters):
+        log(f"{kind} on {device_name}: iteration {i + 1}/{WARMUP + iters}{' (warm-up)' if i < WARMUP else ''}")
+        sync()
+        t0 = time.perf_counter()
+        step(state, data, settings, train_stats, val_stats, [])
+        sync()
+        if i >= WARMUP:
+            times.append(time.perf_counter() - t0)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device)
+        mem = {"peak_delta": peak - alloc_before, "peak_abs": peak}
+    else:
+        peak = max_rss_bytes()
+        mem = {"peak_delta": peak - rss_before, "peak_abs": peak}
+    # the data path alone: one augmented batch of 64 as the steps draw it
+    idx = torch.randperm(len(data.train_idx), generator=state.generator)[:BATCH]
+    batch_times = []
+    for i in range(3 + max(20, iters)):
+        sync()
+        t0 = time.perf_counter()
+        data.images.batch(idx, state.generator)
+        sync()
+        if i >= 3:
+            batch_times.append(time.perf_counter() - t0)
+    return {"median": statistics.median(times), "min": min(times), "iters": iters, **mem,
+            "batch": statistics.median(batch_times), "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(device) if cuda else ""}
+
+
+def run_child(kind: str, device: str, iters: int) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", kind, device, str(iters)]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=PIPELINE_TIMEOUT_S)
+    if r.returncode != 0:
+        raise SystemExit(f"bench: measuring {kind} on {device} failed (exit {r.returncode})")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------- the pipeline (snakemake)
+
+def copy_project(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def pipeline_rows(device: str, data: str | None, device_label: str) -> list[tuple]:
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="nasflow-bench-") as tmp:
+        tmp = Path(tmp)
+        if data:
+            data_root = Path(data).expanduser().resolve()
+            cached = any((data_root / ".nasflow-cache").glob("cifar10-folder-train*"))
+            data_note = f"image folder {data_root} ({'decode cache present' if cached else 'first run decodes the images'})"
+        else:
+            from tests.conftest import make_image_folder  # the tests' learnable synthetic dataset
+            log("making a synthetic image folder (10 classes x 300 train images, 32 px)")
+            data_root = make_image_folder(tmp / "synthetic", n_train=300, n_test=10, size=32)
+            data_note = "synthetic image folder (tests/conftest.make_image_folder, 3000 train images, 32 px)"
+        project = copy_project(tmp / "project")
+        params = project / "params" / "nasflow.yaml"
+        cfg = yaml.safe_load(params.read_text())
+        cfg["data"].update(root=str(data_root), source="folder", download=False)
+        cfg["device"] = device
+        params.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        quick = yaml.safe_load((project / "params" / "profiles" / "quick.yaml").read_text())
+        s, d, nb = quick["search"], quick["data"], quick["space"]["nb201"]
+        scale = (f"quick profile: {len(cfg['seeds'])} seeds x {cfg['methods']}, NB201 C={nb['channels']} "
+                 f"N={nb['cells_per_stage']}, {s['epochs']} epochs, {d['max_images']} images at {d['image_size']} px")
+
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               "PYTHONPATH": str(project)}
+        env.pop("NASFLOW_RUNTIME", None)
+
+        def snakemake(*extra: str) -> tuple[float, str]:
+            cmd = [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/default", *extra]
+            log(f"running {' '.join(cmd[2:])} in {project}")
+            t0 = time.perf_counter()
+            r = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=PIPELINE_TIMEOUT_S)
+            wall = time.perf_counter() - t0
+            out = r.stdout + r.stderr
+            if r.returncode != 0:
+                raise SystemExit(f"bench: snakemake {' '.join(extra)} failed ({r.returncode}):\n{out[-4000:]}")
+            return wall, out
+
+        full, out = snakemake()
+        steps = re.findall(r"(\d+) of (\d+) steps", out)
+        jobs = f"{steps[-1][1]} jobs" if steps else "jobs: ?"
+        noop, out = snakemake()
+        noop_note = "nothing re-ran" if "Nothing to be done" in out else "WARNING: jobs re-ran"
+        dry, _ = snakemake("-n")
+    return [
+        ("pipeline end to end (snakemake, fresh copy)", device_label, f"{full:.1f}", "s",
+         f"{scale}; {jobs}; data: {data_note}"),
+        ("pipeline no-op re-run", device_label, f"{noop:.1f}", "s", noop_note),
+        ("pipeline dry run (snakemake -n)", device_label, f"{dry:.1f}", "s", "DAG + params check only"),
+    ]
+
+
+# ----------------------------------------------------------------- main
+
+def supernet_rows(kind: str, device: str, m: dict) -> list[tuple]:
+    what = SUPERNETS[kind]
+    runs = f"{m['iters']} iters after {WARMUP} warm-up"
+    where = f"{m['threads']} torch threads" if device == "cpu" else m["gpu"]
+    mem_kind = "peak RSS" if device == "cpu" else "torch.cuda.max_memory_allocated"
+    return [
+        (f"DARTS iteration, {what}: median", device, f"{m['median']:.4g}", "s/iter",
+         f"alpha step (D_val) + weight step (D_tr), batch {BATCH}; {runs}; {where}"),
+        (f"DARTS iteration, {what}: min", device, f"{m['min']:.4g}", "s/iter", runs),
+        (f"DARTS iteration, {what}: peak memory increase", device, f"{m['peak_delta'] / 2**20:.0f}", "MiB",
+         f"{mem_kind} over the state before the first iteration (activations, grads, optimizer state)"),
+        (f"DARTS iteration, {what}: peak memory", device, f"{m['peak_abs'] / 2**20:.0f}", "MiB",
+         f"{mem_kind}, absolute; includes {NUM_IMAGES} uint8 images ({NUM_IMAGES * 3072 / 2**20:.0f} MiB) held as data"),
+        (f"data share of the {kind} iteration", device, f"{100 * 2 * m['batch'] / m['median']:.2g}", "%",
+         "2 augmented batches (D_val + D_tr) per iteration / median iteration time"),
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto",
+                   help="auto: CPU, plus CUDA when available (default)")
+    p.add_argument("--skip-pipeline", action="store_true", help="only the per-iteration measurements")
+    p.add_argument("--iters", type=int, default=None, help="timed iterations (default 5 on CPU, 50 on GPU)")
+    p.add_argument("--data", default=None, help="image folder (train/<class>/*) for the pipeline run")
+    p.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._child:
+        kind, device, iters = args._child
+        print(json.dumps(measure(kind, device, int(iters))))
+        return
+
+    import torch
+    has_cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not has_cuda:
+        raise SystemExit("bench: --device cuda asked for but CUDA is not available")
+    devices = {"cpu": ["cpu"], "cuda": ["cuda"], "auto": ["cpu"] + (["cuda"] if has_cuda else [])}[args.device]
+    rows = []
+    for device in devices:
+        iters = args.iters or (50 if device == "cuda" else 5)
+        results = {kind: run_child(kind, device, iters) for kind in SUPERNETS}
+        rows.append(("data batch: DeviceImages.batch, augmented", device, f"{results['nb201']['batch'] * 1e3:.3g}",
+                     "ms/batch", f"crop + flip + normalise of {BATCH} images of 32 px on the device (median)"))
+        for kind, m in results.items():
+            rows += supernet_rows(kind, device, m)
+    if args.device != "cuda" and not has_cuda:
+        rows.append(("DARTS iteration (all supernets)", "cuda", "-", "-", "skipped: CUDA not available"))
+    if args.skip_pipeline:
+        rows.append(("pipeline end to end / no-op / dry run", "-", "-", "-", "skipped (--skip-pipeline)"))
+    else:
+        label = "cuda" if args.device != "cpu" and has_cuda else "cpu"
+        rows += pipeline_rows(args.device, args.data, label)
+
+    print("| measurement | device | value | unit | notes |")
+    print("| --- | --- | --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+
+
+if __name__ == "__main__":
+    main()
