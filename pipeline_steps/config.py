@@ -78,8 +78,8 @@ def validate(cfg: dict) -> None:
         return
     err = jsonschema.exceptions.best_match(errors)
     where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-    if err.validator == "additionalProperties":
-        msg = f"unknown parameter in {where}: {err.message}"
+    if err.validator in ("additionalProperties", "unevaluatedProperties"):
+        msg = f"unknown parameter in {where}: {err.message.split('(')[-1].rstrip(')')}"
     elif err.validator == "required":
         msg = f"missing parameter in {where}: {err.message}"
     else:

@@ -71,8 +71,9 @@ class Plan:
 
     def retrain_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
         c = self.cfg
+        settings = c["retrain"] if space == "darts" else {k: v for k, v in c["retrain_nb201"].items() if k != "enabled"}
         return {"stage": "retrain", "method": method, "space": space, "dataset": dataset, "seed": int(seed),
-                "retrain": c["retrain"], "data": {k: c["data"][k] for k in ("image_size", "max_images")}}
+                "retrain": settings, "data": {k: c["data"][k] for k in ("image_size", "max_images")}}
 
     def report_spec(self) -> dict:
         c = self.cfg
@@ -81,7 +82,9 @@ class Plan:
 
     # ----------------------------------------------------------------- targets
     def targets(self) -> list[str]:
-        return [REPORT_FILE, REPORT_METRICS] + [SUMMARY_FILE.format(space=s) for s in self.cfg["spaces"]]
+        extra = [RETRAIN_FILE.format(**r) for r in self.runs()
+                 if r["space"] == "nb201" and self.cfg["retrain_nb201"]["enabled"]]
+        return [REPORT_FILE, REPORT_METRICS] + [SUMMARY_FILE.format(space=s) for s in self.cfg["spaces"]] + extra
 
     def resources(self, rule: str) -> dict:
         """A rule's resources; gpu `auto` asks for one GPU where this machine has NVIDIA GPUs, none

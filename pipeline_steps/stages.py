@@ -16,7 +16,7 @@ from .data import DataSettings, SearchData, device_images
 from .datasets import dataset_info
 from .device import resolve_device
 from .methods import get_method
-from .retrain import RetrainSettings, cifar_network
+from .retrain import NB201Network, RetrainSettings, cifar_network
 from .retrain import retrain as retrain_network
 from .spaces import get_space
 from .spaces.cell_plot import plot_genotype
@@ -148,16 +148,21 @@ def lookup(spec: dict, runtime: dict, arch_file: Path, supernet_metrics: Path, s
 
 
 def retrain(spec: dict, runtime: dict, arch_file: Path, supernet_metrics: Path, out_model: Path, out: Path) -> None:
-    """Train the derived DARTS-space network from scratch (METHODS.md 1.3); resumes per epoch."""
+    """Train the derived network from scratch, resuming per epoch: a DARTS-space genotype with the
+    DARTS protocol (METHODS.md 1.3), or an NB201 cell with the NB201 protocol."""
     arch = read_json(arch_file)
-    genotype = genotype_from_json(arch["genotype"])
     device = resolve_device(runtime["device"])
     d = runtime["data"]
     data = DataSettings(dataset=spec["dataset"], root=d["root"], source=d["source"], download=d["download"],
                         image_size=spec["data"]["image_size"], max_images=spec["data"]["max_images"])
     train_images, test_images = device_images(data, "train", device), device_images(data, "test", device)
     settings = RetrainSettings(**spec["retrain"])
-    model = cifar_network(genotype, dataset_info(spec["dataset"]).num_classes, settings).to(device)
+    num_classes = dataset_info(spec["dataset"]).num_classes
+    if "genotype" in arch:
+        model = cifar_network(genotype_from_json(arch["genotype"]), num_classes, settings)
+    else:
+        model = NB201Network(arch["arch"], num_classes, settings.channels, cells_per_stage=settings.layers)
+    model = model.to(device)
     resume = out_model.with_name("resume.pt")
     meta = torch.load(resume, map_location="cpu", weights_only=False).get("meta", {}) if resume.exists() else {}
     tracker = Tracker(runtime["tracking"], f"{spec['method']}-retrain-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",

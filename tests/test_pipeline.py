@@ -188,3 +188,13 @@ def test_darts_space_searches_then_retrains(darts_project):
     assert (run / "retrain" / "model.pt").exists() and not (run / "retrain" / "resume.pt").exists()
     report = (darts_project / "results" / "REPORT.md").read_text()
     assert "## DARTS space" in report and "| darts | cifar10 | 1 |" in report
+
+
+def test_nb201_cells_can_be_retrained_with_the_nb201_protocol(project):
+    snakemake("--config", "retrain_nb201={enabled: true, epochs: 1, channels: 4, layers: 1, batch_size: 16}",
+              cwd=project)
+    for seed in (0, 1):
+        run = project / "results" / "nb201" / "cifar10" / f"seed{seed}" / "darts"
+        result = json.loads((run / "retrain" / "result.json").read_text())
+        assert result["arch"] == json.loads((run / "lookup" / "result.json").read_text())["arch_str"]
+        assert 0 <= result["test_acc"] <= 100 and result["params_m"] > 0

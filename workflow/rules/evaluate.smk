@@ -28,17 +28,17 @@ rule benchmark_lookup:
 
 rule retrain:
     input:
-        arch="results/darts/{dataset}/seed{seed}/{method}/derive/arch.json",
-        supernet_metrics=lambda w: PLAN.supernet_dir(w.method, "darts", w.dataset, int(w.seed)) + "/metrics.json",
+        arch="results/{space}/{dataset}/seed{seed}/{method}/derive/arch.json",
+        supernet_metrics=lambda w: PLAN.supernet_dir(w.method, w.space, w.dataset, int(w.seed)) + "/metrics.json",
     output:
-        model="results/darts/{dataset}/seed{seed}/{method}/retrain/model.pt",
-        result="results/darts/{dataset}/seed{seed}/{method}/retrain/result.json",
+        model="results/{space}/{dataset}/seed{seed}/{method}/retrain/model.pt",
+        result="results/{space}/{dataset}/seed{seed}/{method}/retrain/result.json",
     params:
-        spec=lambda w: spec_arg(PLAN.retrain_spec(w.method, "darts", w.dataset, int(w.seed))),
+        spec=lambda w: spec_arg(PLAN.retrain_spec(w.method, w.space, w.dataset, int(w.seed))),
     log:
-        "results/darts/{dataset}/seed{seed}/{method}/retrain/log.txt",
+        "results/{space}/{dataset}/seed{seed}/{method}/retrain/log.txt",
     benchmark:
-        "results/darts/{dataset}/seed{seed}/{method}/retrain/benchmark.tsv"
+        "results/{space}/{dataset}/seed{seed}/{method}/retrain/benchmark.tsv"
     threads: PLAN.resources("retrain")["threads"]
     resources:
         mem_mb=PLAN.resources("retrain")["mem_mb"],
