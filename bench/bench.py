@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Speed and memory of one DARTS search iteration and of the quick pipeline end to end.
+"""Speed and memory of one first-order DARTS search iteration, and of the quick pipeline end to end.
 
     python bench/bench.py [--device cpu|cuda|auto] [--skip-pipeline] [--iters N] [--data DIR]
 
-Prints one Markdown table to stdout, progress to stderr. Every supernet is measured in a fresh
-child process so that its peak memory (ru_maxrss, a per-process high-water mark) is its own.
+Prints one Markdown table to stdout and progress to stderr. Each supernet is measured in a fresh
+child process, so that its peak memory (ru_maxrss is a per-process high-water mark) is its own.
 """
 from __future__ import annotations
 
@@ -21,34 +21,38 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline_steps.data import DeviceImages  # noqa: E402  (needs ROOT on sys.path)
+from pipeline_steps.datasets import dataset_info  # noqa: E402
+from pipeline_steps.supernet import Optimisation, init_state  # noqa: E402
+from pipeline_steps.train import MODES, StepSettings, StepStats  # noqa: E402
+
 PROJECT_FILES = ["Snakefile", "dvc.yaml", ".dvcignore", "workflow", "params", "pipeline_steps"]
-SUPERNETS = {  # what each child builds; all at the papers' CIFAR search scale, batch 64, 32 px
+SUPERNETS = {  # the papers' CIFAR search scale: batch 64, 32 px, 10 classes
     "nb201": "NB201 supernet C=16 N=5",
     "darts_no_none": "DARTS supernet 8 cells C=16, 7 ops (darts_no_none)",
     "darts": "DARTS supernet 8 cells C=16, 8 ops (darts)",
 }
 BATCH, NUM_IMAGES, WARMUP = 64, 50_000, 2
-PIPELINE_TIMEOUT_S = 6 * 3600
+TIMEOUT_S = 6 * 3600  # a CPU-only DARTS measurement or a pipeline with a large dataset takes a while
 
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-# ----------------------------------------------------------------- one search iteration (child)
+# ----------------------------------------------------------------- one search iteration (child process)
 
 class RandomSearchData:
     """SearchData's sampling (a fresh random batch per step; D_tr = first half, D_val = last half)
-    over random uint8 CIFAR-sized images held and augmented on the device by DeviceImages."""
+    over random uint8 CIFAR-sized images, held and augmented on the device by DeviceImages."""
 
-    def __init__(self, device, n: int = NUM_IMAGES, batch_size: int = BATCH):
-        import torch
-        from pipeline_steps.data import DeviceImages
-        from pipeline_steps.datasets import dataset_info
-
+    def __init__(self, device: torch.device, n: int = NUM_IMAGES, batch_size: int = BATCH):
         g = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g).numpy()
         labels = torch.randint(0, 10, (n,), generator=g).numpy()
@@ -58,22 +62,18 @@ class RandomSearchData:
         self.train_idx, self.val_idx = torch.arange(n // 2), torch.arange(n // 2, n)
         self.steps_per_epoch = len(self.train_idx) // batch_size
 
-    def _sample(self, pool, generator):
-        import torch
+    def _sample(self, pool: torch.Tensor, generator: torch.Generator):
         pick = torch.randperm(len(pool), generator=generator)[: self.batch_size]
         return self.images.batch(pool[pick], generator)
 
-    def train_batch(self, generator):
+    def train_batch(self, generator: torch.Generator):
         return self._sample(self.train_idx, generator)
 
-    def val_batch(self, generator):
+    def val_batch(self, generator: torch.Generator):
         return self._sample(self.val_idx, generator)
 
 
-def build_state(kind: str, device):
-    import yaml
-    from pipeline_steps.supernet import Optimisation, init_state
-
+def build_state(kind: str, device: torch.device):
     if kind == "nb201":
         from pipeline_steps.spaces import get_space
         settings = yaml.safe_load((ROOT / "params" / "nasflow.yaml").read_text())["space"]["nb201"]
@@ -83,20 +83,17 @@ def build_state(kind: str, device):
         space = make_space({"op_set": kind, "channels": 16, "layers": 8})
     state = init_state(space, 10, Optimisation(epochs=50), seed=0, device=device)
     if kind != "nb201":
-        state.mask = initial_mask(kind)  # the mask a DARTS search starts from (only matters for s1)
+        state.mask = initial_mask(kind)  # the mask a DARTS search starts from (all True for these op sets)
     return state
 
 
 def max_rss_bytes() -> int:
-    # ru_maxrss is KiB on Linux, bytes on macOS
+    # ru_maxrss is in KiB on Linux, in bytes on macOS
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def measure(kind: str, device_name: str, iters: int) -> dict:
-    """Time train.MODES['bilevel'] (alpha step on D_val + weight step on D_tr) and its peak memory."""
-    import torch
-    from pipeline_steps.train import MODES, StepSettings, StepStats
-
+    """Time train.MODES['bilevel'] (alpha step on D_val, then weight step on D_tr) and its peak memory."""
     device = torch.device(device_name)
     cuda = device.type == "cuda"
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
@@ -119,13 +116,14 @@ def measure(kind: str, device_name: str, iters: int) -> dict:
         sync()
         if i >= WARMUP:
             times.append(time.perf_counter() - t0)
+    # memory right after the timed iterations; includes the optimizer state the first step creates
     if cuda:
         peak = torch.cuda.max_memory_allocated(device)
         mem = {"peak_delta": peak - alloc_before, "peak_abs": peak}
     else:
         peak = max_rss_bytes()
         mem = {"peak_delta": peak - rss_before, "peak_abs": peak}
-    # the data path alone: one augmented batch of 64 as the steps draw it
+    # the data path alone: one augmented batch of 64, as each step draws it
     idx = torch.randperm(len(data.train_idx), generator=state.generator)[:BATCH]
     batch_times = []
     for i in range(3 + max(20, iters)):
@@ -137,15 +135,33 @@ def measure(kind: str, device_name: str, iters: int) -> dict:
             batch_times.append(time.perf_counter() - t0)
     return {"median": statistics.median(times), "min": min(times), "iters": iters, **mem,
             "batch": statistics.median(batch_times), "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(device) if cuda else ""}
+            "load": os.getloadavg()[0], "gpu": torch.cuda.get_device_name(device) if cuda else ""}
 
 
 def run_child(kind: str, device: str, iters: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", kind, device, str(iters)]
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=PIPELINE_TIMEOUT_S)
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=TIMEOUT_S)
     if r.returncode != 0:
         raise SystemExit(f"bench: measuring {kind} on {device} failed (exit {r.returncode})")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def supernet_rows(kind: str, device: str, m: dict) -> list[tuple]:
+    what = f"DARTS iteration, {SUPERNETS[kind]}"
+    runs = f"{m['iters']} iters after {WARMUP} warm-up"
+    where = f"{m['threads']} torch threads, load avg {m['load']:.1f}" if device == "cpu" else m["gpu"]
+    mem = "peak RSS (ru_maxrss)" if device == "cpu" else "torch.cuda.max_memory_allocated"
+    return [
+        (f"{what}: median", device, f"{m['median']:.4g}", "s/iter",
+         f"alpha step (D_val) + weight step (D_tr), batch {BATCH}; {runs}; {where}"),
+        (f"{what}: min", device, f"{m['min']:.4g}", "s/iter", runs),
+        (f"{what}: peak memory increase", device, f"{m['peak_delta'] / 2**20:.0f}", "MiB",
+         f"{mem} minus its value before the first iteration: activations, grads, optimizer state"),
+        (f"{what}: peak memory", device, f"{m['peak_abs'] / 2**20:.0f}", "MiB",
+         f"{mem}, absolute; includes {NUM_IMAGES} uint8 images ({NUM_IMAGES * 3072 / 2**20:.0f} MiB) as data"),
+        (f"{what}: data share", device, f"{100 * 2 * m['batch'] / m['median']:.2g}", "%",
+         "2 augmented batches (D_val + D_tr) per iteration / median iteration time"),
+    ]
 
 
 # ----------------------------------------------------------------- the pipeline (snakemake)
@@ -162,16 +178,14 @@ def copy_project(dest: Path) -> Path:
 
 
 def pipeline_rows(device: str, data: str | None, device_label: str) -> list[tuple]:
-    import yaml
-
     with tempfile.TemporaryDirectory(prefix="nasflow-bench-") as tmp:
         tmp = Path(tmp)
         if data:
             data_root = Path(data).expanduser().resolve()
             cached = any((data_root / ".nasflow-cache").glob("cifar10-folder-train*"))
-            data_note = f"image folder {data_root} ({'decode cache present' if cached else 'first run decodes the images'})"
+            data_note = f"image folder {data_root} ({'decode cache present' if cached else 'includes decoding it'})"
         else:
-            from tests.conftest import make_image_folder  # the tests' learnable synthetic dataset
+            from tests.conftest import make_image_folder  # the tests' small learnable dataset
             log("making a synthetic image folder (10 classes x 300 train images, 32 px)")
             data_root = make_image_folder(tmp / "synthetic", n_train=300, n_test=10, size=32)
             data_note = "synthetic image folder (tests/conftest.make_image_folder, 3000 train images, 32 px)"
@@ -183,18 +197,18 @@ def pipeline_rows(device: str, data: str | None, device_label: str) -> list[tupl
         params.write_text(yaml.safe_dump(cfg, sort_keys=False))
         quick = yaml.safe_load((project / "params" / "profiles" / "quick.yaml").read_text())
         s, d, nb = quick["search"], quick["data"], quick["space"]["nb201"]
-        scale = (f"quick profile: {len(cfg['seeds'])} seeds x {cfg['methods']}, NB201 C={nb['channels']} "
-                 f"N={nb['cells_per_stage']}, {s['epochs']} epochs, {d['max_images']} images at {d['image_size']} px")
-
+        scale = (f"quick profile: {'+'.join(cfg['methods'])} on {'+'.join(cfg['spaces'])} x {len(cfg['seeds'])} seeds"
+                 f" (NB201 C={nb['channels']} N={nb['cells_per_stage']}), {s['epochs']} epochs, {d['max_images']}"
+                 f" images at {d['image_size']} px")
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                "PYTHONPATH": str(project)}
-        env.pop("NASFLOW_RUNTIME", None)
+        env.pop("NASFLOW_RUNTIME", None)  # the Snakefile sets it; an inherited one must not leak in
 
         def snakemake(*extra: str) -> tuple[float, str]:
             cmd = [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/default", *extra]
             log(f"running {' '.join(cmd[2:])} in {project}")
             t0 = time.perf_counter()
-            r = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=PIPELINE_TIMEOUT_S)
+            r = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
             wall = time.perf_counter() - t0
             out = r.stdout + r.stderr
             if r.returncode != 0:
@@ -203,44 +217,26 @@ def pipeline_rows(device: str, data: str | None, device_label: str) -> list[tupl
 
         full, out = snakemake()
         steps = re.findall(r"(\d+) of (\d+) steps", out)
-        jobs = f"{steps[-1][1]} jobs" if steps else "jobs: ?"
+        jobs = f"{steps[-1][1]} jobs" if steps else "job count not found"
         noop, out = snakemake()
         noop_note = "nothing re-ran" if "Nothing to be done" in out else "WARNING: jobs re-ran"
         dry, _ = snakemake("-n")
     return [
         ("pipeline end to end (snakemake, fresh copy)", device_label, f"{full:.1f}", "s",
          f"{scale}; {jobs}; data: {data_note}"),
-        ("pipeline no-op re-run", device_label, f"{noop:.1f}", "s", noop_note),
-        ("pipeline dry run (snakemake -n)", device_label, f"{dry:.1f}", "s", "DAG + params check only"),
+        ("pipeline no-op re-run (snakemake again)", device_label, f"{noop:.1f}", "s", noop_note),
+        ("pipeline dry run (snakemake -n)", device_label, f"{dry:.1f}", "s", "DAG and parameter check only"),
     ]
 
 
 # ----------------------------------------------------------------- main
 
-def supernet_rows(kind: str, device: str, m: dict) -> list[tuple]:
-    what = SUPERNETS[kind]
-    runs = f"{m['iters']} iters after {WARMUP} warm-up"
-    where = f"{m['threads']} torch threads" if device == "cpu" else m["gpu"]
-    mem_kind = "peak RSS" if device == "cpu" else "torch.cuda.max_memory_allocated"
-    return [
-        (f"DARTS iteration, {what}: median", device, f"{m['median']:.4g}", "s/iter",
-         f"alpha step (D_val) + weight step (D_tr), batch {BATCH}; {runs}; {where}"),
-        (f"DARTS iteration, {what}: min", device, f"{m['min']:.4g}", "s/iter", runs),
-        (f"DARTS iteration, {what}: peak memory increase", device, f"{m['peak_delta'] / 2**20:.0f}", "MiB",
-         f"{mem_kind} over the state before the first iteration (activations, grads, optimizer state)"),
-        (f"DARTS iteration, {what}: peak memory", device, f"{m['peak_abs'] / 2**20:.0f}", "MiB",
-         f"{mem_kind}, absolute; includes {NUM_IMAGES} uint8 images ({NUM_IMAGES * 3072 / 2**20:.0f} MiB) held as data"),
-        (f"data share of the {kind} iteration", device, f"{100 * 2 * m['batch'] / m['median']:.2g}", "%",
-         "2 augmented batches (D_val + D_tr) per iteration / median iteration time"),
-    ]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto",
-                   help="auto: CPU, plus CUDA when available (default)")
+                   help="auto (default): CPU, and CUDA too when available")
     p.add_argument("--skip-pipeline", action="store_true", help="only the per-iteration measurements")
-    p.add_argument("--iters", type=int, default=None, help="timed iterations (default 5 on CPU, 50 on GPU)")
+    p.add_argument("--iters", type=int, default=None, help="timed iterations (default: 5 on CPU, 50 on GPU)")
     p.add_argument("--data", default=None, help="image folder (train/<class>/*) for the pipeline run")
     p.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -249,7 +245,6 @@ def main() -> None:
         print(json.dumps(measure(kind, device, int(iters))))
         return
 
-    import torch
     has_cuda = torch.cuda.is_available()
     if args.device == "cuda" and not has_cuda:
         raise SystemExit("bench: --device cuda asked for but CUDA is not available")
@@ -259,11 +254,11 @@ def main() -> None:
         iters = args.iters or (50 if device == "cuda" else 5)
         results = {kind: run_child(kind, device, iters) for kind in SUPERNETS}
         rows.append(("data batch: DeviceImages.batch, augmented", device, f"{results['nb201']['batch'] * 1e3:.3g}",
-                     "ms/batch", f"crop + flip + normalise of {BATCH} images of 32 px on the device (median)"))
+                     "ms/batch", f"random crop + flip + normalise of {BATCH} images of 32 px, on the device (median)"))
         for kind, m in results.items():
             rows += supernet_rows(kind, device, m)
-    if args.device != "cuda" and not has_cuda:
-        rows.append(("DARTS iteration (all supernets)", "cuda", "-", "-", "skipped: CUDA not available"))
+    if not has_cuda:
+        rows.append(("DARTS iteration (every supernet)", "cuda", "-", "-", "skipped: CUDA not available"))
     if args.skip_pipeline:
         rows.append(("pipeline end to end / no-op / dry run", "-", "-", "-", "skipped (--skip-pipeline)"))
     else:
