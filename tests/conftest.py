@@ -31,3 +31,14 @@ def make_image_folder(root: Path, n_train: int = 24, n_test: int = 4, size: int 
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("tiny_cifar10"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks run faster on one torch thread than on several."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

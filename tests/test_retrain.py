@@ -18,13 +18,7 @@ from pipeline_steps.spaces.genotype import DARTS_V2
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # these tensors are tiny: thread start-up would cost more than the work
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: thread start-up costs more than the work
 
 
 def images(n: int, size: int, seed: int = 0) -> DeviceImages:
