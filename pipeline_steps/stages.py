@@ -36,16 +36,21 @@ def _benchmark_for(space: str, benchmark: dict):
     return load_benchmark(benchmark["source"], benchmark["path"]) if space == "nb201" else None
 
 
+def _data_settings(spec: dict, runtime: dict) -> DataSettings:
+    """Where the data lives (runtime) and how much of it, at what size (the stage's spec)."""
+    d, scale = runtime["data"], spec["data"]
+    return DataSettings(dataset=spec["dataset"], root=d["root"], source=d["source"], download=d["download"],
+                        image_size=scale["image_size"], max_images=scale["max_images"],
+                        train_portion=scale.get("train_portion", 0.5))
+
+
 def supernet(spec: dict, runtime: dict, out_ckpt: Path, out_metrics: Path, out_history: Path) -> None:
     """Train the shared supernet for `search.epochs` epochs in `spec.mode`, checkpointing every epoch."""
     key = spec_key(spec)
     space = get_space(spec["space"], spec["space_settings"])
     s = spec["search"]
     device = resolve_device(runtime["device"])
-    d = runtime["data"]
-    data = SearchData(DataSettings(dataset=spec["dataset"], root=d["root"], source=d["source"], download=d["download"],
-                                   image_size=spec["data"]["image_size"], max_images=spec["data"]["max_images"],
-                                   train_portion=spec["data"]["train_portion"]), s["batch_size"], device)
+    data = SearchData(_data_settings(spec, runtime), s["batch_size"], device)
     opt = Optimisation(epochs=s["epochs"], lr=s["lr"], lr_min=s["lr_min"], momentum=s["momentum"],
                        weight_decay=s["weight_decay"], arch_lr=s["arch_lr"], arch_betas=tuple(s["arch_betas"]),
                        arch_weight_decay=s["arch_weight_decay"])
@@ -53,12 +58,11 @@ def supernet(spec: dict, runtime: dict, out_ckpt: Path, out_metrics: Path, out_h
     resume = out_ckpt.parent / "resume.pt"
     meta: dict = {}
     if resume.exists():
-        meta = torch.load(resume, map_location="cpu", weights_only=False).get("meta", {})
-        if meta.get("key") == key:
-            state.load(resume)
+        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
+        if ckpt.get("meta", {}).get("key") == key:  # a checkpoint of other settings is ignored
+            state.load_state_dict(ckpt)
+            meta = ckpt["meta"]
             print(f"resuming supernet {key} after epoch {state.epoch}", file=sys.stderr)
-        else:
-            meta = {}
     tracker = Tracker(runtime["tracking"], f"supernet-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
                       _tags(spec, runtime, "shared"), run_id=meta.get("run_id"))
     if not meta:
@@ -110,8 +114,7 @@ def derive(spec: dict, runtime: dict, supernet_ckpt: Path, out: Path) -> None:
         for picture in plot_genotype(arch, out.with_name("cells"), title=f"{spec['method']} seed {spec['seed']}"):
             tracker.log_artifact(picture)
     tracker.log_dict(result["alpha"], "alpha.json")
-    tracker.log_dict({"arch": result["arch"], **({"genotype": result["genotype"]} if "genotype" in result else {})},
-                     "arch.json")
+    tracker.log_dict({k: result[k] for k in ("arch", "genotype") if k in result}, "arch.json")
     tracker.set_tags({"arch": result["arch"][:5000]})
     result["wall_time_s"] = time.perf_counter() - t0
     write_json(out, result)
@@ -152,9 +155,7 @@ def retrain(spec: dict, runtime: dict, arch_file: Path, supernet_metrics: Path, 
     DARTS protocol (METHODS.md 1.3), or an NB201 cell with the NB201 protocol."""
     arch = read_json(arch_file)
     device = resolve_device(runtime["device"])
-    d = runtime["data"]
-    data = DataSettings(dataset=spec["dataset"], root=d["root"], source=d["source"], download=d["download"],
-                        image_size=spec["data"]["image_size"], max_images=spec["data"]["max_images"])
+    data = _data_settings(spec, runtime)
     train_images, test_images = device_images(data, "train", device), device_images(data, "test", device)
     settings = RetrainSettings(**spec["retrain"])
     num_classes = dataset_info(spec["dataset"]).num_classes

@@ -77,11 +77,6 @@ class SupernetState:
         with atomic_path(path) as tmp:
             torch.save({**self.state_dict(), "meta": meta}, tmp)
 
-    def load(self, path: str | Path) -> dict[str, Any]:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        self.load_state_dict(ckpt)
-        return ckpt.get("meta", {})
-
 
 def mixing_weights(alpha: torch.Tensor, mask: torch.Tensor, mixing: str) -> torch.Tensor:
     if mixing == "softmax":
