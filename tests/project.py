@@ -1,0 +1,73 @@
+"""Helpers for end-to-end tests: a copy of the project with tiny parameters, and Snakemake/DVC
+invoked the way a user would."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PROJECT_FILES = ["Snakefile", "dvc.yaml", ".dvcignore", "workflow", "params", "pipeline_steps"]
+
+
+def copy_project(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def tiny_params(project: Path, data_root: Path) -> None:
+    base = project / "params" / "nasflow.yaml"
+    cfg = yaml.safe_load(base.read_text())
+    cfg["data"].update(root=str(data_root), source="folder", download=False)
+    cfg["device"] = "cpu"
+    base.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    quick = project / "params" / "profiles" / "quick.yaml"
+    q = yaml.safe_load(quick.read_text())
+    q["search"].update(epochs=2, batch_size=16)
+    q["data"].update(image_size=8, max_images=None)
+    q["space"]["nb201"].update(channels=4, cells_per_stage=1)
+    quick.write_text(yaml.safe_dump(q, sort_keys=False))
+
+
+def sh(*cmd: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd)}
+    env.pop("NASFLOW_RUNTIME", None)
+    r = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def snakemake(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/default", *args, cwd=cwd, check=check)
+
+
+def jobs_to_run(dry_run: subprocess.CompletedProcess) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats' table from a dry run."""
+    out = dry_run.stdout + dry_run.stderr
+    if "Nothing to be done" in out:
+        return {}
+    counts, in_table = {}, False
+    for line in out.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                if parts[0] != "total":
+                    counts[parts[0]] = int(parts[1])
+            elif parts and not set(line.strip()) <= {"-", " "}:
+                break
+    return counts
