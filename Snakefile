@@ -26,6 +26,7 @@ wildcard_constraints:
     seed=r"\d+",
     key=r"[0-9a-f]{10}",
     method="|".join(config["methods"]),
+    stage=r"[a-z][a-z0-9_]*",
 
 include: "workflow/rules/search.smk"
 include: "workflow/rules/evaluate.smk"

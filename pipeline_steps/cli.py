@@ -44,22 +44,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", required=True, type=Path)
     s.add_argument("--history", required=True, type=Path)
 
-    s = sub.add_parser("derive", help="derive the architecture from a trained supernet (stage)")
+    s = sub.add_parser("method-stage", help="a method's own stage on a supernet state, e.g. DARTS-PT selection (stage)")
     s.add_argument("--spec", required=True, type=_spec)
-    s.add_argument("--supernet", required=True, type=Path)
+    s.add_argument("--start", required=True, type=Path, help="the state it continues from")
+    s.add_argument("--checkpoint", required=True, type=Path)
+    s.add_argument("--metrics", required=True, type=Path)
+    s.add_argument("--history", required=True, type=Path)
+
+    s = sub.add_parser("derive", help="derive the architecture from a method's final state (stage)")
+    s.add_argument("--spec", required=True, type=_spec)
+    s.add_argument("--state", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("benchmark-lookup", help="look the derived cell up in NAS-Bench-201 (stage)")
     s.add_argument("--spec", required=True, type=_spec)
     s.add_argument("--arch", required=True, type=Path)
-    s.add_argument("--supernet-metrics", required=True, type=Path)
-    s.add_argument("--supernet-history", required=True, type=Path)
+    s.add_argument("--stage-metrics", required=True, type=Path, nargs="+", help="metrics.json of each training stage")
+    s.add_argument("--history", required=True, type=Path, help="history.json of the last training stage")
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("retrain", help="train the derived DARTS-space network from scratch (stage)")
     s.add_argument("--spec", required=True, type=_spec)
     s.add_argument("--arch", required=True, type=Path)
-    s.add_argument("--supernet-metrics", required=True, type=Path)
+    s.add_argument("--stage-metrics", required=True, type=Path, nargs="+", help="metrics.json of each training stage")
     s.add_argument("--model", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path)
 
@@ -107,12 +114,14 @@ def run(args: argparse.Namespace) -> None:
     runtime = _runtime(args.params_dir)
     if args.command == "supernet":
         stages.supernet(args.spec, runtime, args.checkpoint, args.metrics, args.history)
+    elif args.command == "method-stage":
+        stages.method_stage(args.spec, runtime, args.start, args.checkpoint, args.metrics, args.history)
     elif args.command == "derive":
-        stages.derive(args.spec, runtime, args.supernet, args.out)
+        stages.derive(args.spec, runtime, args.state, args.out)
     elif args.command == "benchmark-lookup":
-        stages.lookup(args.spec, runtime, args.arch, args.supernet_metrics, args.supernet_history, args.out)
+        stages.lookup(args.spec, runtime, args.arch, args.stage_metrics, args.history, args.out)
     elif args.command == "retrain":
-        stages.retrain(args.spec, runtime, args.arch, args.supernet_metrics, args.model, args.out)
+        stages.retrain(args.spec, runtime, args.arch, args.stage_metrics, args.model, args.out)
     elif args.command == "report":
         from .report import report
 

@@ -69,6 +69,24 @@ def coerce_scalars(obj: Any) -> Any:
 
 def validate(cfg: dict) -> None:
     """Raise one NasflowError naming the first bad value, before anything runs."""
+    _validate_schema(cfg)
+    for method, section in cfg["method"].items():
+        name = section.get("preset", "shared")
+        if name == "shared":
+            continue
+        if name not in section.get("presets", {}):
+            raise NasflowError(f"invalid parameter method.{method}.preset = {name!r}: valid presets are shared, "
+                               f"{', '.join(section.get('presets', {}))}")
+        for space, override in section["presets"][name].items():  # the supernet it would train must be valid
+            merged = {**cfg, "search": {**cfg["search"], **override.get("search", {})},
+                      "space": {**cfg["space"], space: {**cfg["space"][space], **override.get("space", {})}}}
+            try:
+                _validate_schema(merged)
+            except NasflowError as e:
+                raise NasflowError(f"preset method.{method}.presets.{name}.{space}: {e}") from None
+
+
+def _validate_schema(cfg: dict) -> None:
     import jsonschema
 
     schema = yaml.safe_load(SCHEMA.read_text())

@@ -15,6 +15,7 @@ from .methods import get_method
 
 RUN_DIR = "results/{space}/{dataset}/seed{seed}"
 SUPERNET_DIR = RUN_DIR + "/supernet/{key}"
+METHOD_STAGE_DIR = RUN_DIR + "/{method}/{stage}"    # a method's own stages (e.g. DARTS-PT's select)
 DERIVE_FILE = RUN_DIR + "/{method}/derive/arch.json"
 LOOKUP_FILE = RUN_DIR + "/{method}/lookup/result.json"
 RETRAIN_FILE = RUN_DIR + "/{method}/retrain/result.json"
@@ -39,14 +40,15 @@ class Plan:
     # ----------------------------------------------------------------- specs
     def supernet_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
         c = self.cfg
+        own = get_method(method).supernet(c, space)  # a method's preset may change the supernet
         return {
             "stage": "supernet",
             "space": space,
-            "space_settings": c["space"][space],
+            "space_settings": {**c["space"][space], **own["space"]},
             "dataset": dataset,
             "data": {k: c["data"][k] for k in ("image_size", "max_images", "train_portion")},
-            "search": c["search"],
-            "mode": get_method(method).supernet_mode(c),
+            "search": {**c["search"], **own["search"]},
+            "mode": own["mode"],
             "seed": int(seed),
         }
 
@@ -62,9 +64,37 @@ class Plan:
                 return spec
         raise KeyError(f"no configured method trains supernet {key} for {space}/{dataset}/seed{seed}")
 
+    def stage_dirs(self, method: str, space: str, dataset: str, seed: int) -> list[str]:
+        """The training stages a method's result rests on, in order: its supernet, then its own stages.
+        Each directory holds supernet.pt, metrics.json and history.json."""
+        own = [METHOD_STAGE_DIR.format(space=space, dataset=dataset, seed=seed, method=method, stage=stage)
+               for stage in get_method(method).stages(self.cfg, space)]
+        return [self.supernet_dir(method, space, dataset, seed), *own]
+
+    def final_state(self, method: str, space: str, dataset: str, seed: int) -> str:
+        return self.stage_dirs(method, space, dataset, seed)[-1] + "/supernet.pt"
+
+    def method_stage_spec(self, method: str, space: str, dataset: str, seed: int, stage: str) -> dict:
+        m = get_method(method)
+        stages = m.stages(self.cfg, space)
+        if stage not in stages:
+            raise KeyError(f"method {method} has no stage {stage!r} (its stages: {stages})")
+        sn = self.supernet_spec(method, space, dataset, seed)
+        before = self.method_stage_spec(method, space, dataset, seed, stages[stages.index(stage) - 1]) \
+            if stages.index(stage) else sn
+        return {"stage": stage, "method": method, "space": space, "space_settings": sn["space_settings"],
+                "dataset": dataset, "data": sn["data"], "search": sn["search"], "seed": int(seed),
+                "settings": m.stage_settings(self.cfg, space, stage), "after": spec_key(before)}
+
+    def method_stage_input(self, method: str, space: str, dataset: str, seed: int, stage: str) -> str:
+        dirs = self.stage_dirs(method, space, dataset, seed)
+        stages = get_method(method).stages(self.cfg, space)
+        return dirs[stages.index(stage)] + "/supernet.pt"
+
     def derive_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
-        return {"stage": "derive", "method": method, "space": space, "space_settings": self.cfg["space"][space],
-                "settings": get_method(method).derive_settings(self.cfg), "seed": int(seed), "dataset": dataset}
+        sn = self.supernet_spec(method, space, dataset, seed)
+        return {"stage": "derive", "method": method, "space": space, "space_settings": sn["space_settings"],
+                "settings": get_method(method).derive_settings(self.cfg, space), "seed": int(seed), "dataset": dataset}
 
     def lookup_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
         return {**self.derive_spec(method, space, dataset, seed), "stage": "lookup", "benchmark": self.cfg["benchmark"]}

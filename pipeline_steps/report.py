@@ -24,7 +24,8 @@ def runs_table(result_files: list[str]) -> pd.DataFrame:
         row["arch"] = r.get("arch_str", r.get("arch"))
         row.update({k: r[k] for k in (*METRICS, "rank", *RETRAIN_COLUMNS) if k in r})
         row.update({f"wall_{stage}_s": t for stage, t in r["wall_time_s"].items()})
-        row["search_cost_h"] = (r["wall_time_s"]["supernet"] + r["wall_time_s"]["derive"]) / 3600
+        # search = every training stage the result rests on (up to an early stop) plus derive
+        row["search_cost_h"] = sum(t for stage, t in r["wall_time_s"].items() if stage not in ("lookup", "retrain")) / 3600
         row["result_file"] = str(f)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -93,16 +94,22 @@ def trajectory_plot(result_files: list[str], path: Path) -> None:
     results = [read_json(f) for f in result_files]
     methods = sorted({r["method"] for r in results})
     fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 3.6), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, method in zip(axes[0], methods):
         for r in (r for r in results if r["method"] == method):
-            t = r["trajectory"]
-            ax.plot([p["epoch"] for p in t], [p["cifar10_test_acc"] for p in t], marker=".",
-                    label=f"{r['dataset']} seed {r['seed']}")
-        ax.set_title(f"{method}: derived cell per search epoch")
-        ax.set_xlabel("search epoch")
+            for i, (criterion, t) in enumerate(r["trajectories"].items()):
+                label = f"{criterion}, seed {r['seed']}" if len(r["trajectories"]) > 1 else f"seed {r['seed']}"
+                ax.plot([p["epoch"] for p in t], [p["cifar10_test_acc"] for p in t], marker=".", label=label,
+                        color=colours[i % len(colours)] if len(r["trajectories"]) > 1 else None,
+                        linestyle=["-", "--", ":", "-."][int(r["seed"]) % 4] if len(r["trajectories"]) > 1 else "-")
+            starts = [p["epoch"] for p, q in zip(t[1:], t) if p.get("stage") != q.get("stage")]
+            for x in starts:  # where the method's own stage (e.g. DARTS-PT selection) takes over
+                ax.axvline(x - 0.5, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_title(f"{method}: selected cell per epoch")
+        ax.set_xlabel("epoch (supernet, then the method's stages)")
         ax.set_ylabel("NAS-Bench-201 CIFAR-10 test acc (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

@@ -11,104 +11,60 @@ import torch
 
 from .atomic import read_json, write_json
 from .benchmark import load_benchmark
-from .config import spec_key
-from .data import DataSettings, SearchData, device_images
+from .data import device_images
 from .datasets import dataset_info
 from .device import resolve_device
+from .errors import NasflowError
 from .methods import get_method
 from .retrain import NB201Network, RetrainSettings, cifar_network
 from .retrain import retrain as retrain_network
 from .spaces import get_space
 from .spaces.cell_plot import plot_genotype
 from .spaces.genotype import Genotype, genotype_from_json
-from .supernet import Optimisation, init_state
+from .stage_run import StageRun, data_settings, stage_tags
 from .tracking import Tracker
-from .train import StepSettings, train_epoch
-
-
-def _tags(spec: dict, runtime: dict, method: str) -> dict:
-    return {"method": method, "space": spec["space"], "dataset": spec["dataset"], "seed": spec["seed"],
-            "stage": spec["stage"], "stage_key": spec_key(spec), "git_commit": runtime["git_commit"],
-            "params_hash": runtime["config_hash"], "profile": runtime["profile"]}
-
-
-def _benchmark_for(space: str, benchmark: dict):
-    return load_benchmark(benchmark["source"], benchmark["path"]) if space == "nb201" else None
-
-
-def _data_settings(spec: dict, runtime: dict) -> DataSettings:
-    """Where the data lives (runtime) and how much of it, at what size (the stage's spec)."""
-    d, scale = runtime["data"], spec["data"]
-    return DataSettings(dataset=spec["dataset"], root=d["root"], source=d["source"], download=d["download"],
-                        image_size=scale["image_size"], max_images=scale["max_images"],
-                        train_portion=scale.get("train_portion", 0.5))
 
 
 def supernet(spec: dict, runtime: dict, out_ckpt: Path, out_metrics: Path, out_history: Path) -> None:
     """Train the shared supernet for `search.epochs` epochs in `spec.mode`, checkpointing every epoch."""
-    key = spec_key(spec)
-    space = get_space(spec["space"], spec["space_settings"])
-    s = spec["search"]
-    device = resolve_device(runtime["device"])
-    data = SearchData(_data_settings(spec, runtime), s["batch_size"], device)
-    opt = Optimisation(epochs=s["epochs"], lr=s["lr"], lr_min=s["lr_min"], momentum=s["momentum"],
-                       weight_decay=s["weight_decay"], arch_lr=s["arch_lr"], arch_betas=tuple(s["arch_betas"]),
-                       arch_weight_decay=s["arch_weight_decay"])
-    state = init_state(space, data.num_classes, opt, spec["seed"], device)
-    resume = out_ckpt.parent / "resume.pt"
-    meta: dict = {}
-    if resume.exists():
-        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
-        if ckpt.get("meta", {}).get("key") == key:  # a checkpoint of other settings is ignored
-            state.load_state_dict(ckpt)
-            meta = ckpt["meta"]
-            print(f"resuming supernet {key} after epoch {state.epoch}", file=sys.stderr)
-    tracker = Tracker(runtime["tracking"], f"supernet-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
-                      _tags(spec, runtime, "shared"), run_id=meta.get("run_id"))
-    if not meta:
-        tracker.log_params(spec)
-    bench = _benchmark_for(spec["space"], runtime["benchmark"])
-    wall = float(meta.get("wall_time_s", 0.0))
-    step_settings = StepSettings(grad_clip=s["grad_clip"])
-    while state.epoch < s["epochs"]:
-        t0 = time.perf_counter()
-        record = train_epoch(state, data, spec["mode"], step_settings, progress=sys.stderr.isatty())
-        wall += time.perf_counter() - t0
-        record["wall_time_s"] = wall
-        record["alpha"] = {k: a.detach().cpu().tolist() for k, a in state.alpha.items()}
-        record["mask"] = {k: m.tolist() for k, m in state.mask.items()}
-        record["arch"] = str(space.derive(state.weights(), state.mask, True))
-        if bench is not None:  # live monitoring only; the lookup stage recomputes per method
-            record["bench_cifar10_test_acc"] = bench.lookup(record["arch"])["cifar10_test_acc"]
-        state.history.append(record)
-        tracker.log_metrics({k: v for k, v in record.items() if isinstance(v, float)}, step=state.epoch)
-        state.save(resume, key=key, run_id=tracker.run_id, wall_time_s=wall)
-        print(f"epoch {state.epoch}/{s['epochs']} " + " ".join(
-            f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)) + f" arch={record['arch']}",
-            file=sys.stderr, flush=True)
-    state.save(out_ckpt, key=key, spec=spec)
-    write_json(out_history, state.history)
-    final = state.history[-1] if state.history else {}
-    tracker.log_dict(final.get("alpha", {}), "alpha.json")
-    tracker.log_dict({"arch": final.get("arch")}, "arch.json")
-    write_json(out_metrics, {"key": key, "epochs": state.epoch, "wall_time_s": wall, "device": str(device),
-                             **{k: v for k, v in final.items() if k not in ("alpha", "mask", "wall_time_s")}})
-    tracker.finish()
-    resume.unlink(missing_ok=True)
+    run = StageRun(spec, runtime, out_ckpt.parent, f"supernet-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
+                   "shared")
+    while run.state.epoch < spec["search"]["epochs"]:
+        run.epoch(spec["mode"])
+    run.finish(out_ckpt, out_metrics, out_history)
 
 
-def derive(spec: dict, runtime: dict, supernet_ckpt: Path, out: Path) -> None:
-    """Read the architecture out of a trained supernet with the method's selection rule."""
+def method_stage(spec: dict, runtime: dict, start: Path, out_ckpt: Path, out_metrics: Path, out_history: Path) -> None:
+    """A method's own stage on the state `start` holds (e.g. DARTS-PT's selection); resumes per epoch."""
+    method, settings = get_method(spec["method"]), spec["settings"]
+    run = StageRun(spec, runtime, out_ckpt.parent,
+                   f"{spec['method']}-{spec['stage']}-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
+                   spec["method"], start=start, prepare=lambda state: method.prepare_stage(spec["stage"], state, settings))
+    artifacts = method.run_stage(spec["stage"], run, settings) or {}
+    for name, data in artifacts.items():
+        write_json(out_ckpt.parent / name, data)
+        run.tracker.log_dict(data, name)
+    run.finish(out_ckpt, out_metrics, out_history)
+
+
+def derive(spec: dict, runtime: dict, state_ckpt: Path, out: Path) -> None:
+    """Read the architecture out of the method's final state with the method's selection rule."""
     t0 = time.perf_counter()
     method = get_method(spec["method"])
     space = get_space(spec["space"], spec["space_settings"])
-    ckpt = torch.load(supernet_ckpt, map_location="cpu", weights_only=False)
-    arch = method.derive(space, ckpt["alpha"], ckpt["mask"], spec["settings"])
+    ckpt = torch.load(state_ckpt, map_location="cpu", weights_only=False)
+    history = ckpt["history"]
+    if not history:
+        raise NasflowError(f"{state_ckpt} holds no trained epoch; re-run its stage")
+    index = method.select_record(space, history, spec["settings"])
+    record = history[index]
+    arch = method.derive(space, record, spec["settings"])
     tracker = Tracker(runtime["tracking"], f"{spec['method']}-derive-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
-                      _tags(spec, runtime, spec["method"]))
+                      stage_tags(spec, runtime, spec["method"]))
     tracker.log_params(spec)
-    result = {"arch": str(arch), "method": spec["method"], "space": spec["space"], "supernet_key": ckpt["meta"]["key"],
-              "alpha": {k: a.tolist() for k, a in ckpt["alpha"].items()}}
+    result = {"arch": str(arch), "method": spec["method"], "space": spec["space"], "state_key": ckpt["meta"]["key"],
+              "epoch": record["epoch"], "selected_record": index, "alpha": record["alpha"], "mask": record["mask"],
+              "search_wall_time_s": search_wall_time(history, index)}
     if isinstance(arch, Genotype):  # DARTS space: the genotype as data, and a picture of both cells
         result["genotype"] = arch.to_dict()
         for picture in plot_genotype(arch, out.with_name("cells"), title=f"{spec['method']} seed {spec['seed']}"):
@@ -121,9 +77,25 @@ def derive(spec: dict, runtime: dict, supernet_ckpt: Path, out: Path) -> None:
     tracker.finish()
 
 
-def lookup(spec: dict, runtime: dict, arch_file: Path, supernet_metrics: Path, supernet_history: Path,
+def search_wall_time(history: list[dict], index: int) -> dict[str, float]:
+    """Measured time per training stage up to the selected record (an early stop ends the search there)."""
+    out: dict[str, float] = {}
+    for rec in history[: index + 1]:
+        out[rec.get("stage", "supernet")] = rec["wall_time_s"]
+    return out
+
+
+def wall_times(arch: dict, stage_metrics: list[Path], **more: float) -> dict[str, float]:
+    """Each stage's measured wall time; training stages count up to the record the method selected."""
+    times = {m["stage"] if "stage" in m else "supernet": m["wall_time_s"] for m in map(read_json, stage_metrics)}
+    times.update(arch.get("search_wall_time_s", {}))
+    return {**times, "derive": arch["wall_time_s"], **more}
+
+
+def lookup(spec: dict, runtime: dict, arch_file: Path, stage_metrics: list[Path], history_file: Path,
            out: Path) -> None:
-    """Benchmark numbers of the derived cell, and of the cell the method would derive after each epoch."""
+    """Benchmark numbers of the derived cell, and of the cell each of the method's criteria would
+    derive after every epoch (the search trajectories)."""
     t0 = time.perf_counter()
     method = get_method(spec["method"])
     space = get_space(spec["space"], spec["space_settings"])
@@ -131,31 +103,34 @@ def lookup(spec: dict, runtime: dict, arch_file: Path, supernet_metrics: Path, s
     arch = read_json(arch_file)
     row = bench.lookup(arch["arch"])
     tracker = Tracker(runtime["tracking"], f"{spec['method']}-lookup-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
-                      _tags(spec, runtime, spec["method"]))
+                      stage_tags(spec, runtime, spec["method"]))
     tracker.log_params(spec)
-    trajectory = []
-    for rec in read_json(supernet_history):
-        epoch_arch = method.derive(space, rec["alpha"], rec["mask"], spec["settings"])
-        numbers = bench.lookup(epoch_arch)
-        trajectory.append({"epoch": rec["epoch"], **numbers})
-        tracker.log_metrics({f"bench_{k}": v for k, v in numbers.items() if k.endswith("_acc")}, step=rec["epoch"])
-    sn = read_json(supernet_metrics)
+    history = read_json(history_file)
+    trajectories = {}
+    for label, settings in method.criteria(spec["settings"]).items():
+        trajectories[label] = []
+        for rec in history:
+            numbers = bench.lookup(method.derive(space, rec, settings))
+            trajectories[label].append({"epoch": rec["epoch"], "stage": rec.get("stage", "supernet"), **numbers})
+    for point in trajectories[method.name if method.name in trajectories else next(iter(trajectories))]:
+        tracker.log_metrics({f"bench_{k}": v for k, v in point.items() if k.endswith("_acc")}, step=point["epoch"])
+    first = read_json(stage_metrics[0])
     result = {**row, "method": spec["method"], "space": spec["space"], "dataset": spec["dataset"],
-              "seed": spec["seed"], "supernet_key": sn["key"], "device": sn["device"], "trajectory": trajectory,
-              "wall_time_s": {"supernet": sn["wall_time_s"], "derive": arch["wall_time_s"],
-                              "lookup": time.perf_counter() - t0}}
+              "seed": spec["seed"], "supernet_key": first["key"], "device": first["device"],
+              "selected_epoch": arch["epoch"], "trajectories": trajectories,
+              "wall_time_s": wall_times(arch, stage_metrics, lookup=time.perf_counter() - t0)}
     tracker.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=0)
     tracker.set_tags({"arch": row["arch_str"]})
     write_json(out, result)
     tracker.finish()
 
 
-def retrain(spec: dict, runtime: dict, arch_file: Path, supernet_metrics: Path, out_model: Path, out: Path) -> None:
+def retrain(spec: dict, runtime: dict, arch_file: Path, stage_metrics: list[Path], out_model: Path, out: Path) -> None:
     """Train the derived network from scratch, resuming per epoch: a DARTS-space genotype with the
     DARTS protocol (METHODS.md 1.3), or an NB201 cell with the NB201 protocol."""
     arch = read_json(arch_file)
     device = resolve_device(runtime["device"])
-    data = _data_settings(spec, runtime)
+    data = data_settings(spec, runtime)
     train_images, test_images = device_images(data, "train", device), device_images(data, "test", device)
     settings = RetrainSettings(**spec["retrain"])
     num_classes = dataset_info(spec["dataset"]).num_classes
@@ -167,18 +142,18 @@ def retrain(spec: dict, runtime: dict, arch_file: Path, supernet_metrics: Path, 
     resume = out_model.with_name("resume.pt")
     meta = torch.load(resume, map_location="cpu", weights_only=False).get("meta", {}) if resume.exists() else {}
     tracker = Tracker(runtime["tracking"], f"{spec['method']}-retrain-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
-                      _tags(spec, runtime, spec["method"]), run_id=meta.get("run_id"))
+                      stage_tags(spec, runtime, spec["method"]), run_id=meta.get("run_id"))
     if not meta:
         tracker.log_params(spec)
     result = retrain_network(model, train_images, test_images, settings, resume, spec["seed"],
                              on_epoch=lambda r: tracker.log_metrics(r, step=r["epoch"]), meta={"run_id": tracker.run_id},
                              progress=sys.stderr.isatty())
     os.replace(resume, out_model)
-    sn = read_json(supernet_metrics)
+    first = read_json(stage_metrics[0])
     result = {**{k: v for k, v in result.items() if k != "wall_time_s"}, "arch": arch["arch"], "method": spec["method"],
               "space": spec["space"], "dataset": spec["dataset"], "seed": spec["seed"], "device": str(device),
-              "supernet_key": sn["key"], "wall_time_s": {"supernet": sn["wall_time_s"], "derive": arch["wall_time_s"],
-                                                         "retrain": result["wall_time_s"]}}
+              "supernet_key": first["key"], "selected_epoch": arch["epoch"],
+              "wall_time_s": wall_times(arch, stage_metrics, retrain=result["wall_time_s"])}
     tracker.log_metrics({k: result[k] for k in ("test_acc", "test_error", "params_m", "flops_m")}, step=result["epochs"])
     write_json(out, result)
     tracker.finish()

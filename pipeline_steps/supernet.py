@@ -80,7 +80,8 @@ class SupernetState:
 
 def mixing_weights(alpha: torch.Tensor, mask: torch.Tensor, mixing: str) -> torch.Tensor:
     if mixing == "softmax":
-        return alpha.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        # an edge with no alive op (a dropped DARTS-space input) mixes nothing: 0, not NaN
+        return alpha.masked_fill(~mask, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
     if mixing == "raw":
         return alpha * mask
     raise ValueError(f"unknown mixing {mixing!r}")

@@ -26,9 +26,10 @@ class StepSettings:
 
 
 class Hook(Protocol):
-    """Per-step callback; e.g. OStr accumulates |dL/dalpha| right after the alpha backward."""
+    """Per-step callback; e.g. OStr accumulates |dL/dalpha| right after the alpha backward.
+    `weights` are the mixing weights of that step, with their gradients retained."""
 
-    def after_alpha_backward(self, state: SupernetState) -> None: ...
+    def after_alpha_backward(self, state: SupernetState, weights: dict[str, torch.Tensor]) -> None: ...
 
 
 class StepStats:
@@ -65,11 +66,15 @@ def alpha_step(state: SupernetState, data: SearchData, s: StepSettings, stats: S
                hooks: Iterable[Hook]) -> None:
     x, y = data.val_batch(state.generator)
     state.a_optimizer.zero_grad(set_to_none=True)
-    logits = state.model(x, state.weights(s.mixing), state.active())
+    weights = state.weights(s.mixing)
+    if hooks:
+        for w in weights.values():
+            w.retain_grad()  # dL/dtheta, for scores read off the same backward pass
+    logits = state.model(x, weights, state.active())
     loss = F.cross_entropy(logits, y)
     loss.backward()
     for hook in hooks:
-        hook.after_alpha_backward(state)
+        hook.after_alpha_backward(state, weights)
     state.a_optimizer.step()
     stats.add(logits.detach(), y, loss.detach())
 

@@ -18,6 +18,8 @@ from project import copy_project, jobs_to_run, sh, snakemake, tiny_params
 def project(tmp_path_factory, tiny_folder) -> Path:
     p = copy_project(tmp_path_factory.mktemp("project"))
     tiny_params(p, tiny_folder)
+    base = p / "params" / "nasflow.yaml"  # the stage mechanics, on the baseline alone
+    base.write_text(yaml.safe_dump({**yaml.safe_load(base.read_text()), "methods": ["darts"]}, sort_keys=False))
     snakemake(cwd=p)
     return p
 
@@ -29,7 +31,7 @@ def test_run_produces_arch_lookup_report(project):
         res = json.loads(r.read_text())
         assert len(str_to_ops(res["arch_str"])) == 6
         assert 10 < res["cifar10_test_acc"] < 95 and 1 <= res["rank"] <= 15625
-        assert [t["epoch"] for t in res["trajectory"]] == [1, 2]
+        assert [t["epoch"] for t in res["trajectories"]["darts"]] == [1, 2]
         assert res["wall_time_s"]["supernet"] > 0
     supernets = list((project / "results" / "nb201" / "cifar10").glob("seed*/supernet/*/supernet.pt"))
     assert len(supernets) == 2
@@ -107,24 +109,39 @@ def darts_project(tmp_path_factory, tiny_folder) -> Path:
     q["space"]["darts"].update(channels=4, layers=3)
     q["retrain"].update(epochs=1, layers=3, channels=4, cutout=2, batch_size=16)
     quick.write_text(yaml.safe_dump(q, sort_keys=False))
-    snakemake("--config", "spaces=[darts]", "seeds=[0]", "tracking={enabled: false}", cwd=p)
+    # DARTS, DARTS-PT and OStr-DARTS on one DARTS-space supernet; RobustDARTS S3 (2 candidates per
+    # edge) and 80 images keep DARTS-PT's 14 + 3 decisions cheap
+    snakemake("--config", "spaces=[darts]", "seeds=[0]", "tracking={enabled: false}", "methods=[darts,darts_pt,ostr]",
+              "space={darts: {op_set: s3}}", "data={max_images: 80}", cwd=p)
     return p
 
 
 def test_darts_space_searches_then_retrains(darts_project):
     from pipeline_steps.spaces.genotype import genotype_from_json
 
-    run = darts_project / "results" / "darts" / "cifar10" / "seed0" / "darts"
-    derived = json.loads((run / "derive" / "arch.json").read_text())
-    genotype = genotype_from_json(derived["genotype"])
-    assert len(genotype.normal) == len(genotype.reduce) == 8  # two inputs for each of 4 nodes
-    assert (run / "derive" / "cells.png").stat().st_size > 1000 and (run / "derive" / "cells.svg").exists()
-    result = json.loads((run / "retrain" / "result.json").read_text())
-    assert 0 <= result["test_acc"] <= 100 and result["params_m"] > 0 and result["flops_m"] > 0
-    assert set(result["wall_time_s"]) == {"supernet", "derive", "retrain"}
-    assert (run / "retrain" / "model.pt").exists() and not (run / "retrain" / "resume.pt").exists()
+    seed_dir = darts_project / "results" / "darts" / "cifar10" / "seed0"
+    assert len(list(seed_dir.glob("supernet/*/supernet.pt"))) == 1  # one supernet, three selections
+    keys = set()
+    for method in ("darts", "darts_pt", "ostr"):
+        run = seed_dir / method
+        derived = json.loads((run / "derive" / "arch.json").read_text())
+        genotype = genotype_from_json(derived["genotype"])
+        assert len(genotype.normal) == len(genotype.reduce) == 8  # two inputs for each of 4 nodes
+        assert (run / "derive" / "cells.png").stat().st_size > 1000 and (run / "derive" / "cells.svg").exists()
+        result = json.loads((run / "retrain" / "result.json").read_text())
+        assert 0 <= result["test_acc"] <= 100 and result["params_m"] > 0 and result["flops_m"] > 0
+        assert {"supernet", "derive", "retrain"} <= set(result["wall_time_s"])
+        assert (run / "retrain" / "model.pt").exists() and not (run / "retrain" / "resume.pt").exists()
+        keys.add(result["supernet_key"])
+    assert len(keys) == 1
+    decisions = json.loads((seed_dir / "darts_pt" / "select" / "decisions.json").read_text())
+    assert [d["type"] for d in decisions].count("op") == 28 and [d["type"] for d in decisions].count("topology") == 6
+    pt_result = json.loads((seed_dir / "darts_pt" / "retrain" / "result.json").read_text())
+    assert pt_result["wall_time_s"]["select"] > 0
     report = (darts_project / "results" / "REPORT.md").read_text()
-    assert "## DARTS space" in report and "| darts | cifar10 | 1 |" in report
+    assert "## DARTS space" in report
+    for method in ("darts", "darts_pt", "ostr"):
+        assert f"| {method} | cifar10 | 1 |" in report
 
 
 def test_nb201_cells_can_be_retrained_with_the_nb201_protocol(project):

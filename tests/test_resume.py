@@ -1,10 +1,12 @@
-"""A supernet stage killed after k epochs resumes and ends exactly where an uninterrupted run ends."""
+"""A training stage killed after k epochs resumes and ends exactly where an uninterrupted run ends;
+DARTS-PT's selection does not redo the decisions it had finished."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pipeline_steps import stages
+from pipeline_steps import stage_run, stages
+from pipeline_steps.methods.darts_pt import DartsPT
 from pipeline_steps.atomic import read_json
 from pipeline_steps.config import load_params
 from pipeline_steps.plan import Plan
@@ -15,7 +17,7 @@ def tiny_plan(folder, epochs=3) -> Plan:
         "seeds": [0], "data": {"root": str(folder), "source": "folder", "download": False, "image_size": 8,
                                "max_images": None},
         "search": {"epochs": epochs, "batch_size": 16}, "space": {"nb201": {"channels": 4, "cells_per_stage": 1}},
-        "tracking": {"enabled": False}, "device": "cpu"})
+        "tracking": {"enabled": False}, "device": "cpu", "method": {"darts_pt": {"proj_intv": 2}}})
     return Plan(cfg)
 
 
@@ -32,7 +34,7 @@ def test_resume_after_kill_equals_uninterrupted(tiny_folder, tmp_path, monkeypat
     plan = tiny_plan(tiny_folder)
     run_stage(plan, tmp_path / "straight")
 
-    real_epoch = stages.train_epoch
+    real_epoch = stage_run.train_epoch
     calls = {"n": 0}
 
     def dies_in_third_epoch(*a, **kw):
@@ -41,14 +43,14 @@ def test_resume_after_kill_equals_uninterrupted(tiny_folder, tmp_path, monkeypat
             raise Crash  # killed mid-run: epochs 1-2 are checkpointed, epoch 3 is lost
         return real_epoch(*a, **kw)
 
-    monkeypatch.setattr(stages, "train_epoch", dies_in_third_epoch)
+    monkeypatch.setattr(stage_run, "train_epoch", dies_in_third_epoch)
     with pytest.raises(Crash):
         run_stage(plan, tmp_path / "killed")
     killed = tmp_path / "killed"
     assert (killed / "resume.pt").exists() and not (killed / "supernet.pt").exists()
     assert not (killed / "metrics.json").exists()  # no half-written outputs
 
-    monkeypatch.setattr(stages, "train_epoch", real_epoch)
+    monkeypatch.setattr(stage_run, "train_epoch", real_epoch)
     run_stage(plan, killed)
     assert not (killed / "resume.pt").exists()
 
@@ -68,3 +70,51 @@ def test_resume_ignores_checkpoint_of_other_settings(tiny_folder, tmp_path):
     run_stage(tiny_plan(tiny_folder, epochs=2), tmp_path)
     assert read_json(tmp_path / "metrics.json")["epochs"] == 2
     assert [r["epoch"] for r in read_json(tmp_path / "history.json")] == [1, 2]
+
+
+def run_selection(plan: Plan, start, out_dir):
+    spec = plan.method_stage_spec("darts_pt", "nb201", "cifar10", 0, "select")
+    stages.method_stage(spec, plan.runtime(), start, out_dir / "supernet.pt", out_dir / "metrics.json",
+                        out_dir / "history.json")
+
+
+def test_pt_selection_resumes_without_redoing_decisions(tiny_folder, tmp_path, monkeypatch, one_thread):
+    plan = tiny_plan(tiny_folder, epochs=1)
+    run_stage(plan, tmp_path / "supernet")
+    start = tmp_path / "supernet" / "supernet.pt"
+    real_decide, decided = DartsPT.decide, []
+
+    def counting_decide(self, state, val, t, s):
+        decided.append(t)
+        return real_decide(self, state, val, t, s)
+
+    monkeypatch.setattr(DartsPT, "decide", counting_decide)
+    run_selection(plan, start, tmp_path / "straight")
+    # proj_intv 2, 6 edges: 10 tuning epochs, decisions at the start of epochs 0, 2, 4, 6, 8 and 9
+    assert decided == [0, 2, 4, 6, 8, 9]
+
+    real_epoch, calls = stage_run.train_epoch, {"n": 0}
+
+    def dies_in_fourth_epoch(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Crash
+        return real_epoch(*a, **kw)
+
+    decided.clear()
+    monkeypatch.setattr(stage_run, "train_epoch", dies_in_fourth_epoch)
+    with pytest.raises(Crash):
+        run_selection(plan, start, tmp_path / "killed")
+    assert decided == [0, 2] and not (tmp_path / "killed" / "supernet.pt").exists()
+    decided.clear()
+    monkeypatch.setattr(stage_run, "train_epoch", real_epoch)
+    run_selection(plan, start, tmp_path / "killed")
+    assert decided == [4, 6, 8, 9]  # the decisions before the kill are not redone
+    straight = read_json(tmp_path / "straight" / "decisions.json")
+    assert read_json(tmp_path / "killed" / "decisions.json") == straight
+    assert len(straight) == 6 and all(len(d["table"]) == 5 for d in straight)
+    a = torch.load(tmp_path / "straight" / "supernet.pt", weights_only=False)
+    b = torch.load(tmp_path / "killed" / "supernet.pt", weights_only=False)
+    assert torch.equal(a["mask"]["cell"], b["mask"]["cell"]) and int(a["mask"]["cell"].sum()) == 6
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)

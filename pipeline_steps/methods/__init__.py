@@ -1,15 +1,27 @@
-"""Methods: each module reads like its paper's algorithm and names the stages it is made of."""
+"""Methods: each module reads like its paper's algorithm and names the stages it is made of.
+
+A method is the supernet it trains (one training job is shared by every method whose supernet
+settings agree), the stages it runs on that supernet's state, and its rule for reading an
+architecture out of a history record.
+"""
 from __future__ import annotations
 
-from types import ModuleType
-
 from ..errors import NasflowError
-from . import darts
+from .base import Method
+from .darts import Darts
+from .darts_pt import DartsPT
+from .ostr import OStr
 
-METHODS: dict[str, ModuleType] = {"darts": darts}
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Darts("darts"),
+    DartsPT("darts_pt", variant="pt"), DartsPT("darts_pt_fix_alpha", variant="fix_alpha"),
+    DartsPT("darts_pt_mag", variant="mag"),
+    OStr("ostr", criterion="ostr"), OStr("ostr_star", criterion="ostr_star"),
+    OStr("ostr_naive", criterion="naive"),
+)}
 
 
-def get_method(name: str) -> ModuleType:
+def get_method(name: str) -> Method:
     if name not in METHODS:
         raise NasflowError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
     return METHODS[name]

@@ -5,26 +5,15 @@
                (train.MODES["bilevel"]). This stage is shared with every method whose supernet
                settings agree.
   2. derive    Magnitude: on every edge keep the op with the largest softmax(alpha).
-  3. lookup    NAS-Bench-201 accuracies of the derived cell.
+  3. lookup    NAS-Bench-201 accuracies of the derived cell (DARTS space: retrain).
 """
 from __future__ import annotations
 
-import torch
-
-from ..spaces import Space
-from ..supernet import mixing_weights
+from .base import Method
 
 
-def supernet_mode(cfg: dict) -> str:
-    return cfg["method"]["darts"]["supernet"]
+class Darts(Method):
+    params_key = "darts"
 
-
-def derive_settings(cfg: dict) -> dict:
-    return {"allow_none": cfg["method"]["darts"]["allow_none_in_derive"]}
-
-
-def derive(space: Space, alpha: dict, mask: dict, settings: dict):
-    """Magnitude derive from alpha (a checkpoint's or one epoch's of the history)."""
-    mask = {k: torch.as_tensor(m, dtype=torch.bool) for k, m in mask.items()}
-    weights = {k: mixing_weights(torch.as_tensor(a), mask[k], "softmax") for k, a in alpha.items()}
-    return space.derive(weights, mask, settings["allow_none"])
+    def supernet_mode(self, cfg: dict) -> str:
+        return cfg["method"]["darts"]["supernet"]

@@ -5,8 +5,8 @@
 rule benchmark_lookup:
     input:
         arch="results/nb201/{dataset}/seed{seed}/{method}/derive/arch.json",
-        supernet_metrics=lambda w: PLAN.supernet_dir(w.method, "nb201", w.dataset, int(w.seed)) + "/metrics.json",
-        supernet_history=lambda w: PLAN.supernet_dir(w.method, "nb201", w.dataset, int(w.seed)) + "/history.json",
+        stage_metrics=lambda w: [d + "/metrics.json" for d in PLAN.stage_dirs(w.method, "nb201", w.dataset, int(w.seed))],
+        history=lambda w: PLAN.stage_dirs(w.method, "nb201", w.dataset, int(w.seed))[-1] + "/history.json",
     output:
         "results/nb201/{dataset}/seed{seed}/{method}/lookup/result.json",
     params:
@@ -22,14 +22,14 @@ rule benchmark_lookup:
         gpu=PLAN.resources("lookup")["gpu"],
     shell:
         "python -m pipeline_steps --threads {threads} benchmark-lookup --spec {params.spec:q} --arch {input.arch}"
-        " --supernet-metrics {input.supernet_metrics} --supernet-history {input.supernet_history}"
+        " --stage-metrics {input.stage_metrics} --history {input.history}"
         " --out {output} > {log} 2>&1"
 
 
 rule retrain:
     input:
         arch="results/{space}/{dataset}/seed{seed}/{method}/derive/arch.json",
-        supernet_metrics=lambda w: PLAN.supernet_dir(w.method, w.space, w.dataset, int(w.seed)) + "/metrics.json",
+        stage_metrics=lambda w: [d + "/metrics.json" for d in PLAN.stage_dirs(w.method, w.space, w.dataset, int(w.seed))],
     output:
         model="results/{space}/{dataset}/seed{seed}/{method}/retrain/model.pt",
         result="results/{space}/{dataset}/seed{seed}/{method}/retrain/result.json",
@@ -46,4 +46,4 @@ rule retrain:
         gpu=PLAN.resources("retrain")["gpu"],
     shell:
         "python -m pipeline_steps --threads {threads} retrain --spec {params.spec:q} --arch {input.arch}"
-        " --supernet-metrics {input.supernet_metrics} --model {output.model} --out {output.result} > {log} 2>&1"
+        " --stage-metrics {input.stage_metrics} --model {output.model} --out {output.result} > {log} 2>&1"

@@ -1,4 +1,5 @@
-# Supernet training (shared by every method whose supernet settings agree) and derivation.
+# Supernet training (shared by every method whose supernet settings agree), the methods' own
+# stages on its state (e.g. DARTS-PT's selection), and derivation.
 
 
 rule supernet:
@@ -22,9 +23,32 @@ rule supernet:
         " --metrics {output.metrics} --history {output.history} > {log} 2>&1"
 
 
+rule method_stage:
+    input:
+        start=lambda w: PLAN.method_stage_input(w.method, w.space, w.dataset, int(w.seed), w.stage),
+    output:
+        checkpoint="results/{space}/{dataset}/seed{seed}/{method}/{stage}/supernet.pt",
+        metrics="results/{space}/{dataset}/seed{seed}/{method}/{stage}/metrics.json",
+        history="results/{space}/{dataset}/seed{seed}/{method}/{stage}/history.json",
+    params:
+        spec=lambda w: spec_arg(PLAN.method_stage_spec(w.method, w.space, w.dataset, int(w.seed), w.stage)),
+    log:
+        "results/{space}/{dataset}/seed{seed}/{method}/{stage}/log.txt",
+    benchmark:
+        "results/{space}/{dataset}/seed{seed}/{method}/{stage}/benchmark.tsv"
+    threads: PLAN.resources("method_stage")["threads"]
+    resources:
+        mem_mb=PLAN.resources("method_stage")["mem_mb"],
+        runtime=PLAN.resources("method_stage")["runtime"],
+        gpu=PLAN.resources("method_stage")["gpu"],
+    shell:
+        "python -m pipeline_steps --threads {threads} method-stage --spec {params.spec:q} --start {input.start}"
+        " --checkpoint {output.checkpoint} --metrics {output.metrics} --history {output.history} > {log} 2>&1"
+
+
 rule derive:
     input:
-        supernet=lambda w: PLAN.supernet_dir(w.method, w.space, w.dataset, int(w.seed)) + "/supernet.pt",
+        state=lambda w: PLAN.final_state(w.method, w.space, w.dataset, int(w.seed)),
     output:
         "results/{space}/{dataset}/seed{seed}/{method}/derive/arch.json",
     params:
@@ -39,4 +63,4 @@ rule derive:
         runtime=PLAN.resources("derive")["runtime"],
         gpu=PLAN.resources("derive")["gpu"],
     shell:
-        "python -m pipeline_steps --threads {threads} derive --spec {params.spec:q} --supernet {input.supernet} --out {output} > {log} 2>&1"
+        "python -m pipeline_steps --threads {threads} derive --spec {params.spec:q} --state {input.state} --out {output} > {log} 2>&1"

@@ -1,0 +1,167 @@
+"""DARTS-PT (Wang et al., ICLR 2021): perturbation-based selection on a trained supernet (METHODS.md 5).
+
+  1. supernet  The DARTS supernet (shared with DARTS and OStr when settings agree), or, for
+               `darts_pt_fix_alpha`, one whose alpha is never trained.
+  2. select    Fine-tune with a fresh SGD (`tune_lr`; constant on NB201, cosine on the DARTS space)
+               and, at the start of every `proj_intv`-th tuning epoch (and of the last one), decide:
+                 op decision   an undecided edge, drawn at random; ACC\\o = validation accuracy with
+                               theta[e, o] := 0 for each candidate o (the whole D_val half, train-mode
+                               BN); keep the op whose removal hurts most, argmin ACC\\o. The edge is
+                               discretised: only that op stays alive in the mask, so its weight is 1.
+                               (DARTS space: one normal and one reduction edge per decision.)
+                 topology      (DARTS space, once every edge has its op) a random node with more than
+                               two inputs; while it has more than two, drop the input whose removal
+                               hurts least, argmax ACC\\e (iterative elimination, as the code).
+               Each tuning step is an alpha step then a weight step (weights only for fix-alpha).
+               tune_epochs = proj_intv * (decisions - 1), + 1 on the DARTS space (the code's count),
+               so the last decision gets one tuning epoch.
+  3. derive    The argmax of the projected weights per edge; DARTS space: the DARTS parse.
+
+`darts_pt_mag` is the PT-Mag ablation: the same progressive tuning, but each decision keeps the
+op (and the inputs) with the largest softmax(alpha).
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from ..spaces.darts import EDGE_NODE
+from ..supernet import SupernetState
+from ..scores.perturbation import edge_removal_table, least_important, most_important, op_removal_table
+from .base import Method
+
+VARIANTS = ("pt", "fix_alpha", "mag")
+
+
+class DartsPT(Method):
+    params_key = "darts_pt"
+
+    def __init__(self, name: str, variant: str):
+        super().__init__(name)
+        assert variant in VARIANTS
+        self.variant = variant
+
+    def supernet_mode(self, cfg: dict) -> str:
+        return "fixed_alpha" if self.variant == "fix_alpha" else "bilevel"
+
+    def stages(self, cfg: dict, space: str) -> list[str]:
+        return ["select"]
+
+    def stage_settings(self, cfg: dict, space: str, stage: str) -> dict:
+        p = self.params(cfg)
+        search = {**cfg["search"], **self.preset(cfg, space).get("search", {})}
+        return {"variant": self.variant, "proj_intv": p["proj_intv"], "criterion": p["criterion"],
+                "tune_lr": p["tune_lr"], "tune_lr_min": p["tune_lr_min"], "tune_schedule": p["tune_schedule"][space],
+                "momentum": search["momentum"], "weight_decay": search["weight_decay"],
+                "eval_batch_size": p["eval_batch_size"] or search["batch_size"]}
+
+    # ----------------------------------------------------------------- select stage
+    def prepare_stage(self, stage: str, state: SupernetState, s: dict) -> None:
+        """Fine-tuning restarts the weight optimiser (the code's fresh SGD at 0.1 x the search LR)."""
+        state.extra["pt"] = {"start_epoch": state.epoch, "tune_epochs": tuning_epochs(state, s["proj_intv"]),
+                             "decisions": []}
+        state.w_optimizer = torch.optim.SGD(state.model.parameters(), lr=s["tune_lr"], momentum=s["momentum"],
+                                            weight_decay=s["weight_decay"])
+        if s["tune_schedule"] == "cosine":
+            state.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                state.w_optimizer, T_max=state.extra["pt"]["tune_epochs"], eta_min=s["tune_lr_min"])
+        else:
+            state.scheduler = torch.optim.lr_scheduler.ConstantLR(state.w_optimizer, factor=1.0, total_iters=0)
+
+    def run_stage(self, stage: str, run, s: dict) -> dict:
+        state, pt = run.state, run.state.extra["pt"]
+        mode = "fixed_alpha" if s["variant"] == "fix_alpha" else "bilevel"
+        intv, total = s["proj_intv"], pt["tune_epochs"]
+        val = None
+        while (t := state.epoch - pt["start_epoch"]) < total:
+            decided_now = any(d["epoch"] == t for d in pt["decisions"])
+            if (t % intv == 0 or t == total - 1) and not decided_now and undecided(state):
+                if val is None and s["variant"] != "mag":  # the whole D_val half, kept on the device
+                    val = list(run.data.val_batches(s["eval_batch_size"]))
+                run.timed(self.decide, state, val, t, s)
+                run.checkpoint()  # a kill during tuning does not redo this decision
+            run.epoch(mode, tune_epoch=t + 1)
+        return {"decisions.json": pt["decisions"]}
+
+    def decide(self, state: SupernetState, val, t: int, s: dict) -> None:
+        """One projection event: an op decision per cell type, or, once all ops are chosen, a topology one."""
+        phase = "op" if any(op_edges(state, k) for k in state.alpha) else "topology"
+        for kind in state.alpha:
+            candidates = op_edges(state, kind) if phase == "op" else topology_nodes(state, kind)
+            if not candidates:
+                continue
+            pick = candidates[int(torch.randint(len(candidates), (1,), generator=state.generator))]
+            decision = (self.decide_op(state, val, kind, pick, s) if phase == "op"
+                        else self.decide_topology(state, val, kind, pick, s))
+            decision.update(epoch=t, cell_type=kind)
+            state.extra["pt"]["decisions"].append(decision)
+            print(f"decision at tuning epoch {t}: {decision}", file=sys.stderr, flush=True)
+
+    def decide_op(self, state: SupernetState, val, kind: str, edge: int, s: dict) -> dict:
+        cands = candidate_ops(state, kind, edge)
+        if s["variant"] == "mag":
+            theta = state.weights()[kind][edge].detach().cpu()
+            table = [{"op": state.space.ops[o], "index": o, "weight": float(theta[o])} for o in cands]
+            best = max(range(len(cands)), key=lambda i: (table[i]["weight"], -i))
+        else:
+            table = op_removal_table(state, val, kind, edge, cands)
+            best = most_important(table, s["criterion"])
+        chosen = cands[best]
+        state.mask[kind][edge] = False
+        state.mask[kind][edge, chosen] = True
+        return {"type": "op", "edge": edge, "table": table, "chosen": state.space.ops[chosen]}
+
+    def decide_topology(self, state: SupernetState, val, kind: str, node: int, s: dict) -> dict:
+        rounds = []
+        while len(edges := node_edges(state, kind, node)) > 2:
+            if s["variant"] == "mag":  # the chosen op's share of softmax(alpha) on each input
+                theta = torch.softmax(state.alpha[kind].detach().cpu(), dim=-1)
+                table = [{"edge": e, "weight": float((theta[e] * state.mask[kind][e]).max())} for e in edges]
+                drop = min(range(len(edges)), key=lambda i: (table[i]["weight"], -i))
+            else:
+                table = edge_removal_table(state, val, kind, edges)
+                drop = least_important(table, s["criterion"])
+            state.mask[kind][edges[drop]] = False
+            rounds.append({"table": table, "dropped": edges[drop]})
+        return {"type": "topology", "node": node, "rounds": rounds, "kept": node_edges(state, kind, node)}
+
+
+# --------------------------------------------------------------------------- what is still undecided
+
+
+def candidate_ops(state: SupernetState, kind: str, edge: int) -> list[int]:
+    """Alive ops of an edge; in the DARTS space `none` is never a candidate (METHODS.md 5.6)."""
+    ops = torch.nonzero(state.mask[kind][edge]).flatten().tolist()
+    if state.space.name == "darts":
+        ops = [o for o in ops if state.space.ops[o] != "none"]
+    return ops
+
+
+def op_edges(state: SupernetState, kind: str) -> list[int]:
+    return [e for e in range(state.space.num_edges) if len(candidate_ops(state, kind, e)) > 1]
+
+
+def node_edges(state: SupernetState, kind: str, node: int) -> list[int]:
+    return [e for e, n in enumerate(EDGE_NODE) if n == node and bool(state.mask[kind][e].any())]
+
+
+def topology_nodes(state: SupernetState, kind: str) -> list[int]:
+    if state.space.name != "darts":
+        return []
+    return sorted({n for n in EDGE_NODE if len(node_edges(state, kind, n)) > 2})
+
+
+def undecided(state: SupernetState) -> bool:
+    return any(op_edges(state, k) or topology_nodes(state, k) for k in state.alpha)
+
+
+def tuning_epochs(state: SupernetState, proj_intv: int) -> int:
+    """The code's schedule: NB201 proj_intv * (edges - 1) = 25; DARTS proj_intv * (14 + 3 - 1) + 1 = 81.
+    Decisions fall on multiples of proj_intv and on the last epoch; with proj_intv = 1 that needs
+    one epoch per decision."""
+    op_events = max(len(op_edges(state, k)) for k in state.alpha)
+    topology_events = max(len(topology_nodes(state, k)) for k in state.alpha)
+    events = op_events + topology_events
+    code = proj_intv * (events - 1) + (1 if state.space.name == "darts" else 0)
+    return max(code, events, 1)
