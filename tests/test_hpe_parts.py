@@ -1,0 +1,551 @@
+"""HPE-DARTS building blocks: the NASWOT / NetPerfProxy kernels, the per-op proxy drop, soft decay,
+hard pruning and "ops kept" schedules.
+
+Reference values come from code written here independently of the library: a per-pair Hamming
+count over hooked activations in numpy, and a NASWOT accumulation written like the authors' code.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline_steps.data import DataSettings, SearchData
+from pipeline_steps.errors import NasflowError
+from pipeline_steps.pruning import (decay_factor, hard_prune, least_important, pops_per_stage, soft_decay,
+                                    validate_schedule)
+from pipeline_steps.scores.binary_codes import EdgeKernels, agreement_kernel, hamming_matrix, log_abs_det
+from pipeline_steps.scores.netperf import naswot_drop, naswot_score, netperf_drop, netperf_proxy, proxy_batch
+from pipeline_steps.spaces import darts, get_space, nb201
+from pipeline_steps.supernet import Optimisation, SupernetState, init_state
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+NB201_TINY = {"channels": 4, "cells_per_stage": 1}
+DARTS_TINY = {"channels": 4, "layers": 3}
+# a few ops per edge keep the DARTS tests quick: cheap skips everywhere, a conv and a pool on two edges
+DARTS_FEW_OPS = {kind: [["none", "skip_connect"] + (["sep_conv_3x3", "max_pool_3x3"] if e in (0, 13) else [])
+                        for e in range(14)] for kind in darts.CELLS}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_state(space_name: str, seed: int = 0) -> SupernetState:
+    space = get_space(space_name, NB201_TINY if space_name == "nb201" else DARTS_TINY)
+    return init_state(space, 10, Optimisation(epochs=1, alpha_init="uniform"), seed=seed, device="cpu")
+
+
+def images(n: int = 8, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def set_alpha(state: SupernetState, seed: int, low: float = 0.2, high: float = 1.5) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for a in state.alpha.values():
+            a.copy_(low + (high - low) * torch.rand(a.shape, generator=gen))
+
+
+def keep_only(state: SupernetState, per_edge: dict[str, list[list[str]]]) -> None:
+    ops = state.space.ops
+    for kind, m in state.mask.items():
+        m[:] = False
+        for e, names in enumerate(per_edge[kind]):
+            m[e, [ops.index(n) for n in names]] = True
+
+
+def op_modules(model: nn.Module) -> list[tuple[str, int, int, int, nn.Module]]:
+    """(cell type, cell position, edge, alpha column, module) for every candidate op, walked by hand."""
+    found = []
+    if isinstance(model, nb201.Supernet):
+        cells = [m for m in model.layers if isinstance(m, nb201.SearchCell)]
+        for c, cell in enumerate(cells):
+            for e, key in enumerate(nb201.EDGE_KEYS):
+                found += [("cell", c, e, o, op) for o, op in enumerate(cell.edges[key])]
+    else:
+        for c, cell in enumerate(model.cells):
+            kind = "reduce" if cell.reduction else "normal"
+            for e, edge in enumerate(cell.edges):
+                found += [(kind, c, e, model.op_names.index(name), op) for name, op in edge.items()]
+    return found
+
+
+def forward_of(state: SupernetState, mixing: str = "raw"):
+    weights = {k: w.detach() for k, w in state.weights(mixing).items()}
+    active = state.active()
+    return lambda x: state.model(x, weights, active)
+
+
+def brute_force_npp(state: SupernetState, x: torch.Tensor, form: str, mixing: str = "raw") -> float:
+    """NetPerfProxy from its definition: hook every alive non-`none` op's output, count differing
+    bits pair by pair, weigh by the mixing weight, sum per edge and cell, log|det| in numpy float64."""
+    weights = {k: w.detach() for k, w in state.weights(mixing).items()}
+    outputs: list[tuple[str, int, int, int, np.ndarray]] = []
+    handles = []
+    for kind, c, e, o, module in op_modules(state.model):
+        if state.space.ops[o] == "none" or not state.mask[kind][e, o]:
+            continue
+        handles.append(module.register_forward_hook(
+            lambda _m, _i, out, key=(kind, c, e, o): outputs.append((*key, out.detach().flatten(1).numpy() > 0))))
+    model = state.model
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        forward_of(state, mixing)(x)
+    model.train(was_training)
+    for h in handles:
+        h.remove()
+    n = x.shape[0]
+    kernel = np.zeros((n, n))
+    edges_with_codes = {}
+    for kind, c, e, o, codes in outputs:
+        weight = float(weights[kind][e, o])
+        length = codes.shape[1]
+        edges_with_codes[(kind, c, e)] = length
+        for i in range(n):
+            for j in range(n):
+                differing = int(np.count_nonzero(codes[i] != codes[j]))
+                if form == "agreement":
+                    kernel[i, j] += weight * (length - differing)
+                elif i != j:
+                    kernel[i, j] += weight * differing
+    if form == "literal":
+        kernel += np.eye(n) * sum(edges_with_codes.values())
+    return float(np.linalg.slogdet(kernel)[1])
+
+
+def reference_naswot(model: nn.Module, forward, x: torch.Tensor, relus: list[nn.Module]) -> float:
+    """NASWOT accumulated as the authors' code does: a forward hook on each ReLU, its input's sign
+    pattern x, K += x x^T + (1 - x)(1 - x)^T, score = slogdet(K)[1]."""
+    n = x.shape[0]
+    total = {"K": np.zeros((n, n))}
+
+    def hook(_module, inp, _out):
+        codes = (inp[0].detach().reshape(n, -1) > 0).double().numpy()
+        total["K"] = total["K"] + codes @ codes.T + (1.0 - codes) @ (1.0 - codes).T
+
+    handles = [r.register_forward_hook(hook) for r in relus]
+    model.train()
+    with torch.no_grad():
+        forward(x)
+    for h in handles:
+        h.remove()
+    return float(np.linalg.slogdet(total["K"])[1])
+
+
+def snapshot(state: SupernetState) -> dict[str, torch.Tensor]:
+    return {**{f"buffer:{k}": b.clone() for k, b in state.model.named_buffers()},
+            **{f"alpha:{k}": a.detach().clone() for k, a in state.alpha.items()},
+            **{f"mask:{k}": m.clone() for k, m in state.mask.items()}}
+
+
+# --------------------------------------------------------------------------- kernels by hand
+
+CODES_A = torch.tensor([[1, 0, 1, 1], [1, 1, 0, 1], [0, 0, 0, 0]], dtype=torch.float64)
+CODES_B = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.float64)
+
+
+def test_hamming_agreement_and_naswot_on_a_hand_made_example():
+    assert hamming_matrix(CODES_A).tolist() == [[0, 2, 3], [2, 0, 3], [3, 3, 0]]
+    assert agreement_kernel(CODES_A).tolist() == [[4, 2, 1], [2, 4, 1], [1, 1, 4]]
+    # det [[4,2,1],[2,4,1],[1,1,4]] = 4*15 - 2*7 + 1*(-2) = 44
+    assert log_abs_det(agreement_kernel(CODES_A)) == pytest.approx(math.log(44), abs=1e-12)
+    # a one-ReLU network whose inputs have exactly these sign patterns (0 is inactive, as 1[x > 0] says)
+    x = torch.tensor([[2.0, -1.0, 0.5, 3.0], [1.0, 4.0, 0.0, 0.1], [-1.0, -2.0, 0.0, -0.5]])
+    for relu in (nn.ReLU(), nn.ReLU(inplace=True)):
+        assert naswot_score(relu, x.clone()) == pytest.approx(math.log(44), abs=1e-12)
+    # two ReLU layers: the kernels add up; codes_b after a sign-preserving identity layer
+    net = nn.Sequential(nn.ReLU(), nn.Identity())
+    twice = naswot_score(net, x, forward=lambda t: (net[0](t), net[0](2 * CODES_B.float() - 1)))
+    assert twice == pytest.approx(math.log(abs(np.linalg.det([[8, 6, 1], [6, 8, 1], [1, 1, 8]]))), abs=1e-12)
+
+
+def test_weighted_edge_kernel_on_a_hand_made_example():
+    """Two ops of one edge (weights 0.5 and 2), 3 samples, L = 4."""
+    kernels = EdgeKernels(batch=3, hamming={("cell", 0, 1): hamming_matrix(CODES_A),
+                                            ("cell", 0, 2): hamming_matrix(CODES_B)})
+    kernels.length.update({("cell", 0, 1): 4.0, ("cell", 0, 2): 4.0})
+    kernels.edge_length.update({("cell", 0): 4.0})
+    weights = {"cell": torch.tensor([[0.0, 0.5, 2.0]])}
+    # agreement: 0.5 * (4 - H_A) + 2 * (4 - H_B)
+    agreement = [[10.0, 9.0, 0.5], [9.0, 10.0, 0.5], [0.5, 0.5, 10.0]]
+    assert kernels.kernel(weights, "agreement").tolist() == agreement
+    assert log_abs_det(kernels.kernel(weights, "agreement")) == pytest.approx(math.log(189.5), abs=1e-12)
+    # literal (paper Eq. 8-9): 0.5 * H_A + 2 * H_B off the diagonal, L on it
+    literal = [[4.0, 1.0, 9.5], [1.0, 4.0, 9.5], [9.5, 9.5, 4.0]]
+    assert kernels.kernel(weights, "literal").tolist() == literal
+
+
+def test_naswot_score_matches_the_reference_accumulation_on_a_plain_network():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    x = images(8)
+    relus = [m for m in net if isinstance(m, nn.ReLU)]
+    expected = reference_naswot(net, net, x, relus)
+    net.eval()
+    buffers = {k: b.clone() for k, b in net.named_buffers()}
+    # batch statistics even when handed an eval-mode network, as the reference (never in eval mode)
+    assert naswot_score(net, x) == pytest.approx(expected, abs=1e-9)
+    assert not net.training and all(torch.equal(b, buffers[k]) for k, b in net.named_buffers())
+
+
+# --------------------------------------------------------------------------- NetPerfProxy = NASWOT
+
+
+def one_op_per_edge(state: SupernetState, seed: int) -> None:
+    """A random single non-`none` op on every edge, all mixing weights 1: a plain network."""
+    gen = torch.Generator().manual_seed(seed)
+    ops = state.space.ops
+    choices = {}
+    for kind, m in state.mask.items():
+        choices[kind] = []
+        for e in range(m.shape[0]):
+            candidates = [ops[o] for o in torch.nonzero(m[e]).flatten().tolist() if ops[o] != "none"]
+            choices[kind].append([candidates[int(torch.randint(len(candidates), (1,), generator=gen))]])
+    keep_only(state, choices)
+    with torch.no_grad():
+        for a in state.alpha.values():
+            a.fill_(1.0)
+
+
+@pytest.mark.parametrize("space_name", ["nb201", "darts"])
+def test_npp_with_one_op_per_edge_and_unit_alpha_is_naswot(space_name):
+    state = make_state(space_name)
+    one_op_per_edge(state, seed=3)
+    x = images(8)
+    # op-output codes (hpe.npp_code_source = op_output): NASWOT's kernel over the op outputs
+    assert netperf_proxy(state, x) == pytest.approx(brute_force_npp(state, x, "agreement"), abs=1e-9)
+    # relu-input codes: exactly NASWOT (the reference's accumulation) over the ReLUs of the cells' ops
+    cell_relus = [r for kind, _c, e, o, op in op_modules(state.model) if state.mask[kind][e, o]
+                  for r in op.modules() if isinstance(r, nn.ReLU)]
+    assert cell_relus
+    npp = netperf_proxy(state, x, code_source="relu_input")
+    assert npp == pytest.approx(reference_naswot(state.model, forward_of(state), x, cell_relus), abs=1e-9)
+    assert npp == pytest.approx(naswot_score(state.model, x, forward_of(state), cell_relus), abs=1e-9)
+
+
+@pytest.mark.parametrize("form,mixing", [("agreement", "raw"), ("literal", "raw"), ("agreement", "softmax")])
+def test_npp_on_mixed_edges_matches_the_definition(form, mixing):
+    """All ops alive with different alphas, one op masked: the weighting (raw alpha or theta), the
+    mask and the literal diagonal are all checked against the per-pair count."""
+    state = make_state("nb201")
+    set_alpha(state, seed=4)
+    state.mask["cell"][2, nb201.OPS.index("nor_conv_3x3")] = False
+    x = images(8)
+    assert netperf_proxy(state, x, form=form, mixing=mixing) == pytest.approx(
+        brute_force_npp(state, x, form, mixing), abs=1e-9)
+
+
+# --------------------------------------------------------------------------- invariances
+
+
+@pytest.mark.parametrize("space_name", ["nb201", "darts"])
+def test_npp_does_not_depend_on_the_order_of_the_batch(space_name):
+    state = make_state(space_name)
+    set_alpha(state, seed=5)
+    if space_name == "darts":
+        keep_only(state, DARTS_FEW_OPS)
+    x = images(8)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(6))
+    for form in ("agreement", "literal"):
+        assert netperf_proxy(state, x[perm], form=form) == pytest.approx(netperf_proxy(state, x, form=form), abs=1e-9)
+    assert naswot_score(state.model, x[perm], forward_of(state)) == pytest.approx(
+        naswot_score(state.model, x, forward_of(state)), abs=1e-9)
+
+
+def test_npp_drop_does_not_depend_on_the_order_of_the_batch():
+    state = make_state("nb201")
+    set_alpha(state, seed=7)
+    keep_only(state, {"cell": [["none", "skip_connect", "nor_conv_3x3"], ["nor_conv_1x1", "avg_pool_3x3"]] * 3})
+    x = images(8)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(netperf_drop(state, x[perm]), netperf_drop(state, x), equal_nan=True, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("space_name", ["nb201", "darts"])
+def test_masked_ops_contribute_nothing(space_name):
+    state = make_state(space_name)
+    set_alpha(state, seed=9)
+    kind = state.space.cell_types[0]
+    conv = state.space.op_index("nor_conv_3x3" if space_name == "nb201" else "sep_conv_3x3")
+    state.mask[kind][1, conv] = False
+    x = images(8)
+    before = netperf_proxy(state, x)
+    masked_module = next(op for k, _c, e, o, op in op_modules(state.model) if (k, e, o) == (kind, 1, conv))
+    alive_module = next(op for k, _c, e, o, op in op_modules(state.model) if (k, e, o) == (kind, 0, conv))
+    with torch.no_grad():
+        for p in masked_module.parameters():
+            p.normal_(generator=torch.Generator().manual_seed(10))
+        state.alpha[kind][1, conv] = 50.0
+    assert netperf_proxy(state, x) == before
+    # the same change on an alive op does move the score (the check above can fail)
+    with torch.no_grad():
+        for p in alive_module.parameters():
+            p.normal_(generator=torch.Generator().manual_seed(10))
+    assert netperf_proxy(state, x) != pytest.approx(before, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- the drop
+
+
+def count_forwards(model: nn.Module) -> list[int]:
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_npp_drop_is_full_minus_masked_for_every_alive_op_nb201():
+    state = make_state("nb201")
+    set_alpha(state, seed=11)
+    state.mask["cell"][3, nb201.OPS.index("avg_pool_3x3")] = False
+    x = images(8)
+    before = snapshot(state)
+    calls = count_forwards(state.model)
+    drop = netperf_drop(state, x)
+    alive_non_none = int(state.mask["cell"][:, 1:].sum())
+    assert len(calls) == 1 + alive_non_none                 # one forward per masked variant, none for `none`
+    full = netperf_proxy(state, x)
+    for e in range(6):
+        for o in range(5):
+            if not state.mask["cell"][e, o]:
+                assert math.isnan(drop["cell"][e, o])     # dead: not scored
+                continue
+            state.mask["cell"][e, o] = False
+            expected = full - netperf_proxy(state, x)
+            state.mask["cell"][e, o] = True
+            assert drop["cell"][e, o] == pytest.approx(expected, abs=1e-9)
+    assert (drop["cell"][:, 0] == 0).all()                  # `none`: removing it changes nothing
+    after = snapshot(state)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert drop["cell"].dtype == torch.float64 and drop["cell"].shape == state.alpha["cell"].shape
+
+
+def test_under_softmax_mixing_a_removal_renormalises_nothing():
+    """METHODS.md 4.3: the removed op's theta becomes 0, the other thetas of its edge stay as they were."""
+    state = make_state("nb201")
+    set_alpha(state, seed=15)
+    keep_only(state, {"cell": [["skip_connect", "nor_conv_1x1", "nor_conv_3x3"]] + [["nor_conv_3x3"]] * 5})
+    x = images(8)
+    theta = state.weights("softmax")
+    e, o = 0, nb201.OPS.index("nor_conv_1x1")
+    removed = {"cell": theta["cell"].detach().clone()}
+    removed["cell"][e, o] = 0.0
+    full = netperf_proxy(state, x, weights=theta)
+    state.mask["cell"][e, o] = False
+    expected = full - netperf_proxy(state, x, weights=removed)
+    renormalised = full - netperf_proxy(state, x, mixing="softmax")
+    state.mask["cell"][e, o] = True
+    drop = netperf_drop(state, x, mixing="softmax")["cell"][e, o]
+    assert drop == pytest.approx(expected, abs=1e-9) and drop != pytest.approx(renormalised, abs=1e-6)
+
+
+def test_npp_drop_in_the_darts_space_covers_both_cell_types():
+    state = make_state("darts")
+    set_alpha(state, seed=12)
+    keep_only(state, DARTS_FEW_OPS)
+    x = images(6)
+    calls = count_forwards(state.model)
+    drop = netperf_drop(state, x, form="literal")
+    assert len(calls) == 1 + 2 * (14 + 2 * 2)            # full + one per alive non-`none` op
+    assert set(drop) == {"normal", "reduce"}
+    for kind in darts.CELLS:
+        alive = state.mask[kind]
+        assert not drop[kind][alive].isnan().any() and drop[kind][~alive].isnan().all()
+        assert (drop[kind][:, state.space.op_index("none")] == 0).all()
+    full = netperf_proxy(state, x, form="literal")
+    for kind, e, name in (("normal", 0, "max_pool_3x3"), ("reduce", 13, "sep_conv_3x3"), ("reduce", 1, "skip_connect")):
+        o = state.space.op_index(name)
+        state.mask[kind][e, o] = False
+        assert drop[kind][e, o] == pytest.approx(full - netperf_proxy(state, x, form="literal"), abs=1e-9)
+        state.mask[kind][e, o] = True
+
+
+def test_naswot_baseline_drop():
+    state = make_state("nb201")
+    keep_only(state, {"cell": [["none", "skip_connect", "nor_conv_3x3"], ["nor_conv_1x1", "avg_pool_3x3"]] * 3})
+    x = images(8)
+    # uniform alphas: weighting every op by the same constant only shifts log|det| by N log(alpha),
+    # so the NPP drop (agreement) and the unweighted op-output NASWOT drop coincide ...
+    torch.testing.assert_close(naswot_drop(state, x, code_source="op_output"), netperf_drop(state, x),
+                               equal_nan=True, rtol=0, atol=1e-9)
+    # ... and with unequal alphas they do not: the weighting is what NPP adds to NASWOT
+    set_alpha(state, seed=13, low=0.05, high=3.0)
+    npp, plain = netperf_drop(state, x), naswot_drop(state, x, code_source="op_output")
+    alive = state.mask["cell"]
+    assert (npp["cell"][alive] - plain["cell"][alive]).abs().max() > 1e-3
+    # default: NASWOT as defined for any network (every ReLU of the supernet), full minus masked
+    drop = naswot_drop(state, x)
+    full = naswot_score(state.model, x, forward_of(state))
+    for e, o in ((0, 3), (5, 4), (3, 2)):
+        state.mask["cell"][e, o] = False
+        assert drop["cell"][e, o] == pytest.approx(full - naswot_score(state.model, x, forward_of(state)), abs=1e-9)
+        state.mask["cell"][e, o] = True
+
+
+def test_proxy_batch_draws_distinct_training_images(tiny_folder):
+    data = SearchData(DataSettings("cifar10", str(tiny_folder), source="folder"), batch_size=32, device="cpu")
+    x = proxy_batch(data, torch.Generator().manual_seed(0), npp_batch=16)
+    assert x.shape == (16, 3, 8, 8)
+    assert len({tuple(row.tolist()) for row in x.flatten(1)}) == 16
+    torch.testing.assert_close(x, proxy_batch(data, torch.Generator().manual_seed(0), npp_batch=16))
+    assert math.isfinite(netperf_proxy(make_state("nb201"), x))
+    for bad in (1, len(data.train_idx) + 1):
+        with pytest.raises(NasflowError, match="hpe.npp_batch"):
+            proxy_batch(data, torch.Generator().manual_seed(0), npp_batch=bad)
+
+
+def test_npp_refuses_a_singular_kernel():
+    state = make_state("nb201")
+    x = images(4)
+    x[1] = x[0]                              # two identical images: identical codes, det K = 0
+    with pytest.raises(NasflowError, match="singular"):
+        netperf_drop(state, x)
+
+
+# --------------------------------------------------------------------------- soft decay
+
+
+def test_decay_factor_follows_eq7_with_i_counted_from_zero_in_the_stage():
+    assert [decay_factor(i, 5) for i in range(5)] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
+    assert math.prod(decay_factor(i, 5) for i in range(5)) == pytest.approx(0.0384)
+    assert [decay_factor(i, 5, "E_prune_minus_one") for i in range(5)] == pytest.approx([1, 0.75, 0.5, 0.25, 0])
+    for bad in (-1, 5):
+        with pytest.raises(NasflowError, match="outside 0..4"):
+            decay_factor(bad, 5)
+    with pytest.raises(NasflowError, match="E_prune >= 2"):
+        decay_factor(0, 1, "E_prune_minus_one")
+
+
+def test_soft_decay_scales_the_k_least_important_alive_ops_in_place():
+    state = make_state("nb201")
+    set_alpha(state, seed=14)
+    alpha = state.alpha["cell"]
+    param_id = id(alpha)
+    state.mask["cell"][0, 4] = False                      # dead and least important: never decayed
+    importance = {"cell": torch.tensor([[0.5, 0.4, 0.3, 0.2, -9.0]] * 6, dtype=torch.float64)}
+    importance["cell"][1] = torch.tensor([0.1, 0.2, 0.3, 0.2, 0.9])   # tie between columns 1 and 3
+    before = alpha.detach().clone()
+    record = soft_decay(state.alpha, importance, state.mask, k_soft=2, epoch_in_stage=2, epochs_per_stage=5)
+    assert id(state.alpha["cell"]) == param_id and record.factor == pytest.approx(0.6)
+    expected_low = [[3, 2]] + [[0, 1]] + [[4, 3]] * 4       # ties: the lower column ranks lower
+    assert record.decayed["cell"] == expected_low
+    factors = torch.ones(6, 5, dtype=before.dtype)
+    for e, low in enumerate(expected_low):
+        factors[e, low] = 0.6
+    torch.testing.assert_close(alpha.detach(), before * factors, rtol=0, atol=0)
+    torch.testing.assert_close(record.alpha_before["cell"], before)
+    torch.testing.assert_close(record.alpha_after["cell"], before * factors)
+    assert record.to_dict()["decayed"]["cell"] == expected_low
+
+
+def test_soft_decay_never_decays_the_most_important_op():
+    mask = {"cell": torch.tensor([[True, True, False], [True, False, False]])}
+    alpha = {"cell": torch.ones(2, 3)}
+    importance = {"cell": torch.tensor([[1.0, 2.0, 0.0], [1.0, 0.0, 0.0]])}
+    record = soft_decay(alpha, importance, mask, k_soft=5, epoch_in_stage=1, epochs_per_stage=2)
+    assert record.decayed["cell"] == [[0], []]
+    assert alpha["cell"].tolist() == [[0.5, 1.0, 1.0], [1.0, 1.0, 1.0]]
+    alpha = {"cell": torch.ones(2, 3)}
+    mask["cell"][0, 2] = True
+    record = soft_decay(alpha, importance, mask, k_soft="alive_minus_one", epoch_in_stage=1, epochs_per_stage=2)
+    assert record.decayed["cell"] == [[2, 0], []]
+
+
+def test_the_same_op_decayed_every_epoch_of_a_stage_ends_at_the_product_of_factors():
+    mask = {"cell": torch.ones(1, 3, dtype=torch.bool)}
+    alpha = {"cell": torch.tensor([[1.0, 1.0, 1.0]])}
+    importance = {"cell": torch.tensor([[0.0, 1.0, 2.0]])}
+    for i in range(5):
+        soft_decay(alpha, importance, mask, k_soft=1, epoch_in_stage=i, epochs_per_stage=5)
+    assert alpha["cell"][0].tolist() == pytest.approx([0.0384, 1.0, 1.0])
+
+
+def test_a_decayed_op_that_recovers_is_not_hard_pruned():
+    """Stage of [5, 3, 1] on one edge: the conv is decayed early, its alpha then grows back under
+    training and its importance recovers; the hard prune follows the importance at its time."""
+    ops = nb201.OPS
+    conv = ops.index("nor_conv_3x3")
+    mask = {"cell": torch.ones(1, 5, dtype=torch.bool)}
+    alpha = {"cell": torch.full((1, 5), 0.2)}
+    early = {"cell": torch.tensor([[0.30, 0.50, 0.40, 0.10, 0.60]])}   # conv (col 3) least important
+    record = soft_decay(alpha, early, mask, k_soft=2, epoch_in_stage=1, epochs_per_stage=5)
+    assert conv in record.decayed["cell"][0] and alpha["cell"][0, conv] == pytest.approx(0.16)
+    alpha["cell"][0, conv] = 0.45                                      # an Adam step raised it again
+    late = {"cell": torch.tensor([[0.30, 0.50, 0.40, 0.90, 0.60]])}    # and it now matters most
+    pruned = hard_prune(mask, late, pop=2)
+    assert pruned.removed["cell"] == [[0, 2]] and mask["cell"][0, conv]
+    # had the importance not recovered, the same prune removes it (the case above can fail)
+    mask_again = {"cell": torch.ones(1, 5, dtype=torch.bool)}
+    assert conv in hard_prune(mask_again, early, pop=2).removed["cell"][0]
+
+
+# --------------------------------------------------------------------------- hard prune and schedules
+
+
+@pytest.mark.parametrize("space_name,kept", [
+    ("nb201", [5, 3, 1]), ("nb201", [5, 1]), ("darts", [8, 5, 3, 1]), ("darts", [8, 7, 6, 5, 4, 3, 2, 1]),
+    ("darts", [8, 6, 4, 2, 1]), ("darts", [8, 5, 2, 1]), ("darts", [8, 4, 1])])
+def test_a_schedule_ends_with_one_op_per_edge_and_removes_the_least_important(space_name, kept):
+    space = get_space(space_name, NB201_TINY if space_name == "nb201" else DARTS_TINY)
+    mask = space.initial_mask()
+    pops = pops_per_stage(kept, mask)
+    assert sum(pops) == len(space.ops) - 1
+    gen = torch.Generator().manual_seed(len(kept))
+    for stage, pop in enumerate(pops, start=1):
+        importance = {k: torch.randn(m.shape, generator=gen, dtype=torch.float64) for k, m in mask.items()}
+        before = {k: m.clone() for k, m in mask.items()}
+        record = hard_prune(mask, importance, pop)
+        for kind, m in mask.items():
+            assert (m.sum(dim=1) == kept[stage]).all()
+            for e in range(m.shape[0]):
+                removed = record.removed[kind][e]
+                assert len(removed) == pop and all(before[kind][e, o] and not m[e, o] for o in removed)
+                survivors = importance[kind][e][m[e]]
+                assert all(importance[kind][e, o] < survivors.min() for o in removed)
+    assert all((m.sum(dim=1) == 1).all() for m in mask.values())
+
+
+def test_hard_prune_never_removes_the_last_op():
+    mask = {"cell": torch.tensor([[True, True, False], [False, True, False]])}
+    importance = {"cell": torch.tensor([[0.2, 0.1, math.nan], [math.nan, 5.0, math.nan]])}
+    record = hard_prune(mask, importance, pop=4)
+    assert record.removed["cell"] == [[1], []]
+    assert mask["cell"].tolist() == [[True, False, False], [False, True, False]]
+    assert record.to_dict()["mask_after"]["cell"] == [[1, 0, 0], [0, 1, 0]]
+
+
+def test_ranking_refuses_an_unscored_alive_op():
+    with pytest.raises(NasflowError, match="NaN"):
+        least_important(torch.tensor([0.1, math.nan]), torch.tensor([True, True]), 1)
+
+
+def test_pops_per_stage():
+    assert pops_per_stage([5, 3, 1]) == (2, 2)
+    assert pops_per_stage([8, 5, 3, 1]) == (3, 2, 2)
+    assert pops_per_stage([8, 7, 6, 5, 4, 3, 2, 1]) == (1,) * 7
+    assert pops_per_stage([2, 1], darts.initial_mask("s1")) == (1,)
+
+
+@pytest.mark.parametrize("kept,mask,message", [
+    ([5, 3, 2], None, "must end at 1"),
+    ([5, 3, 3, 1], None, "strictly decreasing"),
+    ([3, 5, 1], None, "strictly decreasing"),
+    ([1], None, "at least one stage"),
+    ([], None, "at least one stage"),
+    ([5.0, 3, 1], None, "list of integers"),
+    ([5, True, 1], None, "list of integers"),
+    ("531", None, "list of integers"),
+    ([8, 5, 3, 1], darts.initial_mask("darts_no_none"), "has only 7; start the schedule at 7"),
+    ([8, 5, 3, 1], darts.initial_mask("s1"), "has only 2"),
+    ([5, 3, 1], darts.initial_mask("darts"), "starts at 5 ops but normal edge 0 has 8"),
+])
+def test_schedule_validation_errors(kept, mask, message):
+    with pytest.raises(NasflowError, match=message) as err:
+        validate_schedule(kept, mask)
+    assert "\n" not in str(err.value)
