@@ -41,7 +41,8 @@ class Plan:
     def supernet_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
         c = self.cfg
         own = get_method(method).supernet(c, space)  # a method's preset may change the supernet
-        return {
+        warmup = {"alpha_warmup": own["alpha_warmup"]} if own.get("alpha_warmup") else {}
+        return {**warmup,
             "stage": "supernet",
             "space": space,
             "space_settings": {**c["space"][space], **own["space"]},

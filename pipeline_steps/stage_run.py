@@ -42,7 +42,8 @@ def data_settings(spec: dict, runtime: dict) -> DataSettings:
 def optimisation(search: dict) -> Optimisation:
     return Optimisation(epochs=search["epochs"], lr=search["lr"], lr_min=search["lr_min"], momentum=search["momentum"],
                         weight_decay=search["weight_decay"], arch_lr=search["arch_lr"],
-                        arch_betas=tuple(search["arch_betas"]), arch_weight_decay=search["arch_weight_decay"])
+                        arch_betas=tuple(search["arch_betas"]), arch_weight_decay=search["arch_weight_decay"],
+                        alpha_init=search["alpha_init"])
 
 
 class StageRun:
@@ -79,7 +80,7 @@ class StageRun:
             self.tracker.log_params(spec)
         self.bench = load_benchmark(runtime["benchmark"]["source"], runtime["benchmark"]["path"]) \
             if spec["space"] == "nb201" else None
-        self.step_settings = StepSettings(grad_clip=search["grad_clip"])
+        self.step_settings = StepSettings(grad_clip=search["grad_clip"], mixing=search["mixing"])
 
     # ----------------------------------------------------------------- per epoch
     def epoch(self, mode: str, hooks: Iterable = (), **extra) -> dict:
@@ -94,7 +95,7 @@ class StageRun:
         record.update(stage=self.spec["stage"], wall_time_s=self.wall, **extra)
         record["alpha"] = {k: a.detach().cpu().tolist() for k, a in state.alpha.items()}
         record["mask"] = {k: m.tolist() for k, m in state.mask.items()}
-        record["arch"] = str(self.space.derive(state.weights(), state.mask, True))
+        record["arch"] = str(self.space.derive(state.weights(self.step_settings.mixing), state.mask, True))
         scores = ostr.finish_epoch()
         if scores:
             record["scores"] = scores

@@ -26,11 +26,12 @@ from .tracking import Tracker
 
 
 def supernet(spec: dict, runtime: dict, out_ckpt: Path, out_metrics: Path, out_history: Path) -> None:
-    """Train the shared supernet for `search.epochs` epochs in `spec.mode`, checkpointing every epoch."""
+    """Train the shared supernet for `search.epochs` epochs in `spec.mode` (alpha frozen for the first
+    `alpha_warmup` epochs where a method asks for a warm-up), checkpointing every epoch."""
     run = StageRun(spec, runtime, out_ckpt.parent, f"supernet-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
                    "shared")
     while run.state.epoch < spec["search"]["epochs"]:
-        run.epoch(spec["mode"])
+        run.epoch("fixed_alpha" if run.state.epoch < spec.get("alpha_warmup", 0) else spec["mode"])
     run.finish(out_ckpt, out_metrics, out_history)
 
 

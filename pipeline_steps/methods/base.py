@@ -30,9 +30,11 @@ class Method:
         return "bilevel"
 
     def supernet(self, cfg: dict, space: str) -> dict:
-        """Train mode and the `search` / `space` settings that differ from the shared ones."""
+        """Train mode, the `search` / `space` settings that differ from the shared ones, and how many
+        first epochs keep alpha frozen (`alpha_warmup`, 0: none)."""
         preset = self.preset(cfg, space)
-        return {"mode": self.supernet_mode(cfg), "search": preset.get("search", {}), "space": preset.get("space", {})}
+        return {"mode": self.supernet_mode(cfg), "search": preset.get("search", {}), "space": preset.get("space", {}),
+                "alpha_warmup": 0}
 
     # ----------------------------------------------------------------- stages after the supernet
     def stages(self, cfg: dict, space: str) -> list[str]:
