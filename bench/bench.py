@@ -29,8 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline_steps.data import DeviceImages  # noqa: E402  (needs ROOT on sys.path)
 from pipeline_steps.datasets import dataset_info  # noqa: E402
+from pipeline_steps.scores.ostr import OStrStatistics  # noqa: E402
+from pipeline_steps.scores.perturbation import op_removal_table  # noqa: E402
 from pipeline_steps.supernet import Optimisation, init_state  # noqa: E402
-from pipeline_steps.train import MODES, StepSettings, StepStats  # noqa: E402
+from pipeline_steps.train import MODES, StepSettings, StepStats, alpha_step  # noqa: E402
 
 PROJECT_FILES = ["Snakefile", "dvc.yaml", ".dvcignore", "workflow", "params", "pipeline_steps"]
 SUPERNETS = {  # the papers' CIFAR search scale: batch 64, 32 px, 10 classes
@@ -39,6 +41,7 @@ SUPERNETS = {  # the papers' CIFAR search scale: batch 64, 32 px, 10 classes
     "darts": "DARTS supernet 8 cells C=16, 8 ops (darts)",
 }
 BATCH, NUM_IMAGES, WARMUP = 64, 50_000, 2
+PT_VAL_IMAGES = 1_024
 TIMEOUT_S = 6 * 3600  # a CPU-only DARTS measurement or a pipeline with a large dataset takes a while
 
 
@@ -133,9 +136,34 @@ def measure(kind: str, device_name: str, iters: int) -> dict:
         sync()
         if i >= 3:
             batch_times.append(time.perf_counter() - t0)
+    extra = selection_costs(state, data, iters, sync) if kind == "nb201" else {}
     return {"median": statistics.median(times), "min": min(times), "iters": iters, **mem,
             "batch": statistics.median(batch_times), "threads": torch.get_num_threads(),
-            "load": os.getloadavg()[0], "gpu": torch.cuda.get_device_name(device) if cuda else ""}
+            "load": os.getloadavg()[0], "gpu": torch.cuda.get_device_name(device) if cuda else "", **extra}
+
+
+def selection_costs(state, data, iters: int, sync) -> dict:
+    """What DARTS-PT and OStr add to a supernet: the OStr statistics on every alpha step (side by
+    side with a plain alpha step), and one DARTS-PT op decision (5 ACC\\o passes over D_val images)."""
+    settings, stats = StepSettings(grad_clip=5.0), StepStats()
+    medians = {}
+    for label, hooks in (("alpha_plain", []), ("alpha_ostr", [OStrStatistics()])):
+        times = []
+        for i in range(WARMUP + iters):
+            log(f"alpha step {label}: {i + 1}/{WARMUP + iters}")
+            sync()
+            t0 = time.perf_counter()
+            alpha_step(state, data, settings, stats, hooks)
+            sync()
+            times.append(time.perf_counter() - t0)
+        medians[label] = statistics.median(times[WARMUP:])
+    val = [data.images.batch(data.val_idx[s:s + BATCH]) for s in range(0, PT_VAL_IMAGES, BATCH)]
+    log(f"one DARTS-PT op decision over {PT_VAL_IMAGES} validation images")
+    sync()
+    t0 = time.perf_counter()
+    op_removal_table(state, val, "cell", 0, list(range(len(state.space.ops))))
+    sync()
+    return {**medians, "pt_decision": time.perf_counter() - t0}
 
 
 def run_child(kind: str, device: str, iters: int) -> dict:
@@ -144,6 +172,17 @@ def run_child(kind: str, device: str, iters: int) -> dict:
     if r.returncode != 0:
         raise SystemExit(f"bench: measuring {kind} on {device} failed (exit {r.returncode})")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def selection_rows(device: str, m: dict) -> list[tuple]:
+    return [
+        ("alpha step, NB201 supernet, plain", device, f"{m['alpha_plain']:.4g}", "s/step", "median; side by side with the next row"),
+        ("alpha step, NB201 supernet, with the OStr statistics", device, f"{m['alpha_ostr']:.4g}", "s/step",
+         f"ratio {m['alpha_ostr'] / m['alpha_plain']:.3f}: |dL/dalpha|, |dL/dtheta| from the same backward"),
+        ("DARTS-PT op decision, NB201 supernet", device, f"{m['pt_decision']:.4g}", "s",
+         f"5 ACC\\o passes over {PT_VAL_IMAGES} D_val images (batch {BATCH}, train-mode BN); "
+         f"x{25_000 // PT_VAL_IMAGES} for the whole 25,000-image D_val half"),
+    ]
 
 
 def supernet_rows(kind: str, device: str, m: dict) -> list[tuple]:
@@ -257,6 +296,7 @@ def main() -> None:
                      "ms/batch", f"random crop + flip + normalise of {BATCH} images of 32 px, on the device (median)"))
         for kind, m in results.items():
             rows += supernet_rows(kind, device, m)
+        rows += selection_rows(device, results["nb201"])
     if not has_cuda:
         rows.append(("DARTS iteration (every supernet)", "cuda", "-", "-", "skipped: CUDA not available"))
     if args.skip_pipeline:

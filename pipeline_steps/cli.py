@@ -70,8 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path)
 
-    s = sub.add_parser("report", help="tables and figures over every finished run (stage)")
+    s = sub.add_parser("ranking", help="Kendall tau / Spearman rho of supernet vs benchmark accuracy per stage (stage)")
     s.add_argument("--spec", required=True, type=_spec)
+    s.add_argument("--states", required=True, type=Path, nargs="+", help="supernet.pt of each training stage")
+    s.add_argument("--out", required=True, type=Path)
+
+    s = sub.add_parser("report", help="tables and figures over every finished run (stage; without --spec: "
+                                      "the runs params/ asks for, missing ones listed as missing)")
+    s.add_argument("--spec", default=None, type=_spec)
     s.add_argument("--results-dir", default="results", type=Path)
 
     s = sub.add_parser("lookup", help="print the NAS-Bench-201 row of an arch string")
@@ -122,9 +128,18 @@ def run(args: argparse.Namespace) -> None:
         stages.lookup(args.spec, runtime, args.arch, args.stage_metrics, args.history, args.out)
     elif args.command == "retrain":
         stages.retrain(args.spec, runtime, args.arch, args.stage_metrics, args.model, args.out)
+    elif args.command == "ranking":
+        from .diagnostics import ranking
+
+        ranking(args.spec, runtime, args.states, args.out)
     elif args.command == "report":
         from .report import report
 
+        if args.spec is None:
+            from .config import load_params
+            from .plan import Plan
+
+            args.spec = Plan(load_params(args.params_dir)).report_spec()
         report(args.spec, runtime, args.results_dir)
 
 

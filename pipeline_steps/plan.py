@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import canonical_json, spec_key
 from .methods import get_method
+from .reproduction import load_paper_results
 
 RUN_DIR = "results/{space}/{dataset}/seed{seed}"
 SUPERNET_DIR = RUN_DIR + "/supernet/{key}"
@@ -19,6 +20,7 @@ METHOD_STAGE_DIR = RUN_DIR + "/{method}/{stage}"    # a method's own stages (e.g
 DERIVE_FILE = RUN_DIR + "/{method}/derive/arch.json"
 LOOKUP_FILE = RUN_DIR + "/{method}/lookup/result.json"
 RETRAIN_FILE = RUN_DIR + "/{method}/retrain/result.json"
+RANKING_FILE = RUN_DIR + "/{method}/ranking/result.json"   # supernet ranking diagnostic (NB201)
 # NB201 cells are looked up in the benchmark; DARTS-space cells are trained from scratch.
 RESULT_FILE = {"nb201": LOOKUP_FILE, "darts": RETRAIN_FILE}
 REPORT_FILE = "results/REPORT.md"
@@ -106,10 +108,29 @@ class Plan:
         return {"stage": "retrain", "method": method, "space": space, "dataset": dataset, "seed": int(seed),
                 "retrain": settings, "data": {k: c["data"][k] for k in ("image_size", "max_images")}}
 
+    def ranking_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
+        s = dict(self.cfg["diagnostics"]["ranking"])
+        s.pop("enabled")
+        if s["metric"] == "auto":  # the searched dataset's test accuracy
+            s["metric"] = f"{dataset.replace('-', '_')}_test_acc"
+        sn = self.supernet_spec(method, space, dataset, seed)
+        return {"stage": "ranking", "method": method, "space": space, "space_settings": sn["space_settings"],
+                "dataset": dataset, "seed": int(seed), "data": sn["data"], "settings": s,
+                "benchmark": self.cfg["benchmark"]}
+
+    def ranking_files(self) -> list[str]:
+        if not self.cfg["diagnostics"]["ranking"]["enabled"]:
+            return []
+        return [RANKING_FILE.format(**r) for r in self.runs() if r["space"] == "nb201"]
+
     def report_spec(self) -> dict:
+        """Every run the report expects (a missing one is shown as missing, not averaged over), and
+        the papers' numbers it compares against."""
         c = self.cfg
+        expected = [{**r, "file": RESULT_FILE[r["space"]].format(**r)} for r in self.runs()]
         return {"stage": "report", "profile": c["profile"], "spaces": c["spaces"],
-                "results": [RESULT_FILE[r["space"]].format(**r) for r in self.runs()]}
+                "results": [e["file"] for e in expected], "expected": expected, "ranking": self.ranking_files(),
+                "paper": load_paper_results(self.project_dir / "params")}
 
     # ----------------------------------------------------------------- targets
     def targets(self) -> list[str]:

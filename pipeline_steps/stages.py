@@ -63,9 +63,14 @@ def derive(spec: dict, runtime: dict, state_ckpt: Path, out: Path) -> None:
     tracker = Tracker(runtime["tracking"], f"{spec['method']}-derive-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
                       stage_tags(spec, runtime, spec["method"]))
     tracker.log_params(spec)
-    result = {"arch": str(arch), "method": spec["method"], "space": spec["space"], "state_key": ckpt["meta"]["key"],
+    result = {"arch": str(arch), "method": spec["method"], "space": spec["space"], "ops": list(space.ops),
+              "state_key": ckpt["meta"]["key"],
               "epoch": record["epoch"], "selected_record": index, "alpha": record["alpha"], "mask": record["mask"],
               "search_wall_time_s": search_wall_time(history, index)}
+    criterion = spec["settings"].get("criterion")
+    score_key = spec["settings"].get("naive_pruning") if criterion == "naive" else criterion
+    if score_key in record.get("scores", {}):  # the score this method selected by, for the report's heat map
+        result["scores"] = {criterion: record["scores"][score_key]}
     if isinstance(arch, Genotype):  # DARTS space: the genotype as data, and a picture of both cells
         result["genotype"] = arch.to_dict()
         for picture in plot_genotype(arch, out.with_name("cells"), title=f"{spec['method']} seed {spec['seed']}"):

@@ -68,3 +68,15 @@ def test_selections_of_one_supernet_are_looked_up_with_trajectories(nb201_run):
     report = (nb201_run.parents[2] / "REPORT.md").read_text()
     for m in results:
         assert f"| {m} | cifar10 | 1 |" in report
+
+
+def test_report_reruns_when_a_seed_is_added_and_not_otherwise(nb201_run, bare_project):
+    config = ["methods=[darts,darts_pt,darts_pt_fix_alpha,ostr,ostr_star]", "tracking={enabled: false}"]
+    assert jobs_to_run(snakemake("-n", "--config", *config, "seeds=[0]", cwd=bare_project)) == {}
+    jobs = jobs_to_run(snakemake("-n", "--config", *config, "seeds=[0,1]", cwd=bare_project))
+    assert jobs["report"] == 1 and jobs["supernet"] == 2 and jobs["derive"] == 5  # only seed 1's runs are new
+    ranking = json.loads((nb201_run / "ostr" / "ranking" / "result.json").read_text())
+    assert ranking["per_stage"][0]["stage"] == "supernet" and ranking["per_stage"][0]["n"] == 100
+    assert -1 <= ranking["per_stage"][0]["kendall_tau"] <= 1
+    html = (nb201_run.parents[2] / "REPORT.html").read_text()
+    assert "ranking_kendall_tau.png" in html and "Reproduction (nb201)" in html

@@ -1,5 +1,6 @@
 # What a derived cell is worth: NAS-Bench-201 lookup (and of the cell derived after every search
-# epoch), or, in the DARTS space, training the derived network from scratch.
+# epoch), or, in the DARTS space, training the derived network from scratch; and how well each
+# supernet ranks cells (NB201).
 
 
 rule benchmark_lookup:
@@ -47,3 +48,24 @@ rule retrain:
     shell:
         "python -m pipeline_steps --threads {threads} retrain --spec {params.spec:q} --arch {input.arch}"
         " --stage-metrics {input.stage_metrics} --model {output.model} --out {output.result} > {log} 2>&1"
+
+
+rule ranking:
+    input:
+        states=lambda w: [d + "/supernet.pt" for d in PLAN.stage_dirs(w.method, "nb201", w.dataset, int(w.seed))],
+    output:
+        "results/nb201/{dataset}/seed{seed}/{method}/ranking/result.json",
+    params:
+        spec=lambda w: spec_arg(PLAN.ranking_spec(w.method, "nb201", w.dataset, int(w.seed))),
+    log:
+        "results/nb201/{dataset}/seed{seed}/{method}/ranking/log.txt",
+    benchmark:
+        "results/nb201/{dataset}/seed{seed}/{method}/ranking/benchmark.tsv"
+    threads: PLAN.resources("ranking")["threads"]
+    resources:
+        mem_mb=PLAN.resources("ranking")["mem_mb"],
+        runtime=PLAN.resources("ranking")["runtime"],
+        gpu=PLAN.resources("ranking")["gpu"],
+    shell:
+        "python -m pipeline_steps --threads {threads} ranking --spec {params.spec:q} --states {input.states}"
+        " --out {output} > {log} 2>&1"

@@ -3,9 +3,11 @@
 
 rule report:
     input:
-        PLAN.report_spec()["results"],
+        results=PLAN.report_spec()["results"],
+        ranking=PLAN.ranking_files(),
     output:
         report="results/REPORT.md",
+        html="results/REPORT.html",
         metrics="results/metrics.json",
         summaries=expand("results/{space}/summary.parquet", space=config["spaces"]),
     params:
