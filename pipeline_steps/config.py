@@ -70,6 +70,10 @@ def coerce_scalars(obj: Any) -> Any:
 def validate(cfg: dict) -> None:
     """Raise one NasflowError naming the first bad value, before anything runs."""
     _validate_schema(cfg)
+    from .methods import get_method  # late: the methods load torch and the spaces
+
+    for name in cfg["methods"]:
+        get_method(name).check(cfg)
     for method, section in cfg["method"].items():
         name = section.get("preset", "shared")
         if name == "shared":

@@ -43,7 +43,7 @@ def optimisation(search: dict) -> Optimisation:
     return Optimisation(epochs=search["epochs"], lr=search["lr"], lr_min=search["lr_min"], momentum=search["momentum"],
                         weight_decay=search["weight_decay"], arch_lr=search["arch_lr"],
                         arch_betas=tuple(search["arch_betas"]), arch_weight_decay=search["arch_weight_decay"],
-                        alpha_init=search["alpha_init"])
+                        alpha_init=search["alpha_init"], lr_period=search.get("lr_period"))
 
 
 class StageRun:

@@ -99,6 +99,7 @@ class Optimisation:
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
     alpha_init: str = "randn_1e-3"
+    lr_period: int | None = None         # cosine T_max in epochs; None: `epochs` (HEP-NAS sets its own)
 
 
 def init_state(space: Space, num_classes: int, opt: Optimisation, seed: int, device: torch.device | str) -> SupernetState:
@@ -114,5 +115,5 @@ def init_state(space: Space, num_classes: int, opt: Optimisation, seed: int, dev
     w_opt = torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
     a_opt = torch.optim.Adam(alpha.values(), lr=opt.arch_lr, betas=tuple(opt.arch_betas),
                              weight_decay=opt.arch_weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=max(opt.epochs, 1), eta_min=opt.lr_min)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=max(opt.lr_period or opt.epochs, 1), eta_min=opt.lr_min)
     return SupernetState(space, model, alpha, mask, w_opt, a_opt, sched, gen)

@@ -10,6 +10,8 @@ from ..errors import NasflowError
 from .base import Method
 from .darts import Darts
 from .darts_pt import DartsPT
+from .hep_nas import HEPNas
+from .hpe_darts import HPEDarts
 from .ostr import OStr
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -18,6 +20,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     DartsPT("darts_pt_mag", variant="mag"),
     OStr("ostr", criterion="ostr"), OStr("ostr_star", criterion="ostr_star"),
     OStr("ostr_naive", criterion="naive"),
+    HEPNas("hep_nas"),
+    HPEDarts("hpe_darts"), HPEDarts("hpe_darts_naswot", proxy="naswot"),
 )}
 
 

@@ -25,6 +25,9 @@ class Method:
         name = section.get("preset", "shared")
         return {} if name == "shared" else section["presets"][name].get(space, {})
 
+    def check(self, cfg: dict) -> None:
+        """Checks of this method's params the schema cannot express; raise one NasflowError."""
+
     # ----------------------------------------------------------------- supernet
     def supernet_mode(self, cfg: dict) -> str:
         return "bilevel"
