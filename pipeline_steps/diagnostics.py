@@ -12,6 +12,7 @@ from .atomic import write_json
 from .benchmark import load_benchmark
 from .data import SearchData
 from .device import resolve_device
+from .methods import get_method
 from .scores.child_eval import benchmark_accuracies, current_space, evaluate_nb201, nb201_arch, rank_correlation
 from .scores.child_eval import scoring_batches
 from .spaces import get_space
@@ -46,7 +47,7 @@ def ranking(spec: dict, runtime: dict, state_files: list[Path], out: Path) -> No
     per_stage = []
     for i, path in enumerate(state_files):
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        state.model.load_state_dict(ckpt["model"])
+        get_method(spec["method"]).load_state(state, ckpt)
         cells = sample_cells(ckpt["mask"]["cell"], list(space.ops), s["archs"], generator)
         predicted = evaluate_nb201(state.model, cells, batches, list(space.ops), bn=s["bn"])
         truth = benchmark_accuracies(bench, cells, s["metric"])

@@ -52,7 +52,8 @@ class StageRun:
     optimisers a stage replaces are the ones its own checkpoint restores."""
 
     def __init__(self, spec: dict, runtime: dict, out_dir: Path, run_name: str, method: str,
-                 start: Path | None = None, prepare: Callable[[SupernetState], None] | None = None):
+                 start: Path | None = None, prepare: Callable[[SupernetState], None] | None = None,
+                 load: Callable[[SupernetState, dict], None] = SupernetState.load_state_dict):
         self.spec, self.runtime, self.key = spec, runtime, spec_key(spec)
         self.space = get_space(spec["space"], spec["space_settings"])
         self.device = resolve_device(runtime["device"])
@@ -62,7 +63,7 @@ class StageRun:
         self.wall = 0.0
         if start is not None:
             ckpt = torch.load(start, map_location="cpu", weights_only=False)
-            self.state.load_state_dict(ckpt)  # its history continues here; its wall time stays its own
+            load(self.state, ckpt)  # its history continues here; its wall time stays its own
         if prepare is not None:
             prepare(self.state)
         self.resume = out_dir / "resume.pt"
@@ -70,7 +71,7 @@ class StageRun:
         if self.resume.exists():
             ckpt = torch.load(self.resume, map_location="cpu", weights_only=False)
             if ckpt.get("meta", {}).get("key") == self.key:  # a checkpoint of other settings is ignored
-                self.state.load_state_dict(ckpt)
+                load(self.state, ckpt)
                 meta = ckpt["meta"]
                 self.wall = float(meta.get("wall_time_s", 0.0))
                 print(f"resuming {spec['stage']} {self.key} after epoch {self.state.epoch}", file=sys.stderr)

@@ -40,7 +40,8 @@ def method_stage(spec: dict, runtime: dict, start: Path, out_ckpt: Path, out_met
     method, settings = get_method(spec["method"]), spec["settings"]
     run = StageRun(spec, runtime, out_ckpt.parent,
                    f"{spec['method']}-{spec['stage']}-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
-                   spec["method"], start=start, prepare=lambda state: method.prepare_stage(spec["stage"], state, settings))
+                   spec["method"], start=start, prepare=lambda state: method.prepare_stage(spec["stage"], state, settings),
+                   load=method.load_state)
     artifacts = method.run_stage(spec["stage"], run, settings) or {}
     for name, data in artifacts.items():
         write_json(out_ckpt.parent / name, data)

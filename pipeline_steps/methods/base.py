@@ -25,6 +25,11 @@ class Method:
         name = section.get("preset", "shared")
         return {} if name == "shared" else section["presets"][name].get(space, {})
 
+    def load_state(self, state: SupernetState, ckpt: dict) -> None:
+        """Load a checkpoint of this method into a fresh state (a method that reshapes the network,
+        e.g. SE-NAS's expansion, rebuilds that shape first)."""
+        state.load_state_dict(ckpt)
+
     def check(self, cfg: dict) -> None:
         """Checks of this method's params the schema cannot express; raise one NasflowError."""
 
