@@ -148,7 +148,8 @@ def figures(space: str, space_runs: pd.DataFrame, results_dir: Path) -> list[Pat
         log = Path(f).parents[1]
         levels = {p.parent.name: read_json(p) for p in sorted(log.glob("h*/hierarchy.json"))}
         if levels:
-            hep[f"{log.name} {log.parents[0].name}"] = {name: [c["val_acc"] for c in lv.get("children", [])]
+            # each child's validation accuracy after its last SMD epoch
+            hep[f"{log.name} {log.parents[0].name}"] = {name: [c["val_acc"][-1] for c in lv.get("children", [])]
                                                         for name, lv in levels.items()}
     written += hierarchy_plot(hep, out_dir / "hep_sub_supernets.png")
     ranking = {}

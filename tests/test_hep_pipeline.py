@@ -167,3 +167,6 @@ def test_snakemake_runs_hep_nas_on_both_spaces(tmp_path_factory, tiny_folder):
 
     report = (p / "results" / "REPORT.md").read_text()
     assert "## DARTS space" in report and report.count("hep_nas") >= 2
+    # the paper's Fig. 3: sub-supernet accuracies after each split
+    assert (p / "results" / "nb201" / "figures" / "hep_sub_supernets.png").stat().st_size > 1000
+    assert "hep_sub_supernets.png" in report
