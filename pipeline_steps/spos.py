@@ -10,6 +10,8 @@ SGD. No alpha step. METHODS.md 3.3:
     `forward_urs`), unless `none` is the only op left on all of them.
   * snapshots: at K evenly spaced steps of a stage's last epoch, add every parameter and BN
     buffer to a running sum; their mean Wbar is the weight set P(a) is measured with (Eq. 4).
+    A training stage whose `search` settings hold `snapshots: K` keeps that average in the
+    state (`KeptSnapshots`), so the stage after it measures P(a) with Wbar.
 
 All draws come from the state's CPU generator, so a run is reproducible and resumes exactly.
 The mode registers itself in `train.MODES` as "spos" when this module is imported.
@@ -170,6 +172,7 @@ def spos_step(state: SupernetState, data, settings: train.StepSettings, train_st
 
 
 train.MODES["spos"] = spos_step
+train.MODE_SETTINGS["spos"] = SposSettings
 
 
 # --------------------------------------------------------------------------- snapshots (Eq. 4)
@@ -239,6 +242,33 @@ class SnapshotHook:
         if self.step in self.due:
             self.average.add(state.model)
         self.step += 1
+
+
+SNAPSHOTS_KEY = "snapshots"   # state.extra entry holding the last snapshot average (WeightAverage.state_dict)
+
+
+class KeptSnapshots(SnapshotHook):
+    """A SnapshotHook on a fresh average that puts the average into `state.extra[SNAPSHOTS_KEY]`
+    after each snapshot; the last one ends the epoch, so the epoch's checkpoint carries Wbar."""
+
+    def __init__(self, steps_per_epoch: int, k: int):
+        super().__init__(WeightAverage(), steps_per_epoch, k)
+
+    def after_weight_step(self, state: SupernetState) -> None:
+        due = self.step in self.due
+        super().after_weight_step(state)
+        if due:
+            state.extra[SNAPSHOTS_KEY] = self.average.state_dict()
+
+
+def kept_average(state: SupernetState) -> WeightAverage | None:
+    """The snapshot average a stage left in `state.extra`, on the state's device (None: none taken)."""
+    saved = state.extra.get(SNAPSHOTS_KEY)
+    if not saved:
+        return None
+    average = WeightAverage()
+    average.load_state_dict(saved, state.device)
+    return average
 
 
 def averaged_copy(model: nn.Module, average: WeightAverage) -> nn.Module:

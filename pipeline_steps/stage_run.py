@@ -22,7 +22,7 @@ from .scores.ostr import OStrStatistics
 from .spaces import get_space
 from .supernet import Optimisation, SupernetState, init_state
 from .tracking import Tracker
-from .train import StepSettings, train_epoch
+from .train import step_settings, train_epoch
 
 
 def stage_tags(spec: dict, runtime: dict, method: str) -> dict:
@@ -43,7 +43,8 @@ def optimisation(search: dict) -> Optimisation:
     return Optimisation(epochs=search["epochs"], lr=search["lr"], lr_min=search["lr_min"], momentum=search["momentum"],
                         weight_decay=search["weight_decay"], arch_lr=search["arch_lr"],
                         arch_betas=tuple(search["arch_betas"]), arch_weight_decay=search["arch_weight_decay"],
-                        alpha_init=search["alpha_init"], lr_period=search.get("lr_period"))
+                        alpha_init=search["alpha_init"], lr_period=search.get("lr_period"),
+                        nesterov=search.get("nesterov", False))
 
 
 class StageRun:
@@ -81,7 +82,7 @@ class StageRun:
             self.tracker.log_params(spec)
         self.bench = load_benchmark(runtime["benchmark"]["source"], runtime["benchmark"]["path"]) \
             if spec["space"] == "nb201" else None
-        self.step_settings = StepSettings(grad_clip=search["grad_clip"], mixing=search["mixing"])
+        self.step_settings = step_settings(spec.get("mode"), search)
 
     # ----------------------------------------------------------------- per epoch
     def epoch(self, mode: str, hooks: Iterable = (), **extra) -> dict:

@@ -21,17 +21,22 @@ from .retrain import retrain as retrain_network
 from .spaces import get_space
 from .spaces.cell_plot import plot_genotype
 from .spaces.genotype import Genotype, genotype_from_json
+from .spos import KeptSnapshots
 from .stage_run import StageRun, data_settings, stage_tags
 from .tracking import Tracker
 
 
 def supernet(spec: dict, runtime: dict, out_ckpt: Path, out_metrics: Path, out_history: Path) -> None:
     """Train the shared supernet for `search.epochs` epochs in `spec.mode` (alpha frozen for the first
-    `alpha_warmup` epochs where a method asks for a warm-up), checkpointing every epoch."""
+    `alpha_warmup` epochs where a method asks for a warm-up), checkpointing every epoch; with
+    `search.snapshots` K, the last epoch's K-snapshot weight average is kept in the state."""
     run = StageRun(spec, runtime, out_ckpt.parent, f"supernet-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
                    "shared")
-    while run.state.epoch < spec["search"]["epochs"]:
-        run.epoch("fixed_alpha" if run.state.epoch < spec.get("alpha_warmup", 0) else spec["mode"])
+    epochs, snapshots = spec["search"]["epochs"], spec["search"].get("snapshots", 0)
+    while run.state.epoch < epochs:
+        # `snapshots: K`: the last epoch keeps K weight snapshots' mean in the state (SPOS / SE-NAS Eq. 4)
+        hooks = [KeptSnapshots(run.data.steps_per_epoch, snapshots)] if snapshots and run.state.epoch == epochs - 1 else []
+        run.epoch("fixed_alpha" if run.state.epoch < spec.get("alpha_warmup", 0) else spec["mode"], hooks=hooks)
     run.finish(out_ckpt, out_metrics, out_history)
 
 

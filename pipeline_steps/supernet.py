@@ -100,6 +100,7 @@ class Optimisation:
     arch_weight_decay: float = 1e-3
     alpha_init: str = "randn_1e-3"
     lr_period: int | None = None         # cosine T_max in epochs; None: `epochs` (HEP-NAS sets its own)
+    nesterov: bool = False               # Nesterov momentum for w (the SE-NAS / ABS SPOS optimiser)
 
 
 def init_state(space: Space, num_classes: int, opt: Optimisation, seed: int, device: torch.device | str) -> SupernetState:
@@ -112,7 +113,8 @@ def init_state(space: Space, num_classes: int, opt: Optimisation, seed: int, dev
         init = 1e-3 * torch.randn(shape) if opt.alpha_init == "randn_1e-3" else torch.full(shape, 1.0 / len(space.ops))
         alpha[k] = nn.Parameter(init.to(device))
     mask = space.initial_mask()
-    w_opt = torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    w_opt = torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay,
+                            nesterov=opt.nesterov)
     a_opt = torch.optim.Adam(alpha.values(), lr=opt.arch_lr, betas=tuple(opt.arch_betas),
                              weight_decay=opt.arch_weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=max(opt.lr_period or opt.epochs, 1), eta_min=opt.lr_min)

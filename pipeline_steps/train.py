@@ -8,6 +8,7 @@ Methods add modes by registering a step function in MODES.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
@@ -89,6 +90,14 @@ def fixed_alpha(state, data, s, train_stats, val_stats, hooks) -> None:
 
 
 MODES: dict[str, Callable[..., None]] = {"bilevel": bilevel, "fixed_alpha": fixed_alpha}
+# modes whose step reads more settings than StepSettings holds register their settings class here
+MODE_SETTINGS: dict[str, type[StepSettings]] = {}
+
+
+def step_settings(mode: str | None, search: dict) -> StepSettings:
+    """The step settings of `mode`, each field read from the stage's `search` settings where present."""
+    kind = MODE_SETTINGS.get(mode, StepSettings)
+    return kind(**{f.name: search[f.name] for f in dataclasses.fields(kind) if f.name in search})
 
 
 def train_epoch(state: SupernetState, data: SearchData, mode: str, settings: StepSettings = StepSettings(),

@@ -13,6 +13,7 @@ from .darts_pt import DartsPT
 from .hep_nas import HEPNas
 from .hpe_darts import HPEDarts
 from .ostr import OStr
+from .se_nas import SENas
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Darts("darts"),
@@ -22,6 +23,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     OStr("ostr_naive", criterion="naive"),
     HEPNas("hep_nas"),
     HPEDarts("hpe_darts"), HPEDarts("hpe_darts_naswot", proxy="naswot"),
+    SENas("se_nas"), SENas("spos", shrinking=False),
 )}
 
 
