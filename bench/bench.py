@@ -42,6 +42,7 @@ SUPERNETS = {  # the papers' CIFAR search scale: batch 64, 32 px, 10 classes
 }
 BATCH, NUM_IMAGES, WARMUP = 64, 50_000, 2
 PT_VAL_IMAGES = 1_024
+CHILDREN = 8
 TIMEOUT_S = 6 * 3600  # a CPU-only DARTS measurement or a pipeline with a large dataset takes a while
 
 
@@ -163,7 +164,20 @@ def selection_costs(state, data, iters: int, sync) -> dict:
     t0 = time.perf_counter()
     op_removal_table(state, val, "cell", 0, list(range(len(state.space.ops))))
     sync()
-    return {**medians, "pt_decision": time.perf_counter() - t0}
+    pt_decision = time.perf_counter() - t0
+    # SE-NAS / SPOS / the ranking diagnostic: P(a) of sampled children on one batch of 512 D_val images
+    from pipeline_steps.scores.child_eval import evaluate_nb201, scoring_batches
+    from pipeline_steps.spaces.nb201 import all_arch_strings
+
+    cells = list(all_arch_strings())
+    pick = torch.randperm(len(cells), generator=torch.Generator().manual_seed(0))[:CHILDREN].tolist()
+    batches = scoring_batches(data, torch.Generator().manual_seed(1), images=512, batch_size=512)
+    log(f"P(a) of {CHILDREN} children")
+    sync()
+    t0 = time.perf_counter()
+    evaluate_nb201(state.model, [cells[i] for i in pick], batches, list(state.space.ops))
+    sync()
+    return {**medians, "pt_decision": pt_decision, "child_eval": (time.perf_counter() - t0) / CHILDREN}
 
 
 def measure_smd(space_name: str, device_name: str) -> dict:
@@ -256,6 +270,9 @@ def selection_rows(device: str, m: dict) -> list[tuple]:
         ("alpha step, NB201 supernet, plain", device, f"{m['alpha_plain']:.4g}", "s/step", "median; side by side with the next row"),
         ("alpha step, NB201 supernet, with the OStr statistics", device, f"{m['alpha_ostr']:.4g}", "s/step",
          f"ratio {m['alpha_ostr'] / m['alpha_plain']:.3f}: |dL/dalpha|, |dL/dtheta| from the same backward"),
+        ("P(a) of one child, NB201 supernet", device, f"{m['child_eval']:.4g}", "s/child",
+         f"{CHILDREN} sampled cells, one batch of 512 D_val images, batch-stat BN; x15,625 = "
+         f"{m['child_eval'] * 15625 / 3600:.3g} h for the whole space (children with equal outputs are computed once)"),
         ("DARTS-PT op decision, NB201 supernet", device, f"{m['pt_decision']:.4g}", "s",
          f"5 ACC\\o passes over {PT_VAL_IMAGES} D_val images (batch {BATCH}, train-mode BN); "
          f"x{25_000 // PT_VAL_IMAGES} for the whole 25,000-image D_val half"),
