@@ -1,10 +1,11 @@
 """Pick the training device. On a workstation with several GPUs Snakemake never sets
-CUDA_VISIBLE_DEVICES, so each GPU job claims a free card itself with a lock file per device;
+CUDA_VISIBLE_DEVICES, so each GPU job claims a free card itself with a lock file per card;
 the lock is an flock, released by the kernel when the process exits or crashes."""
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -13,32 +14,67 @@ import torch
 
 from .errors import NasflowError
 
-_held_locks: list[int] = []  # open fds keep the claims for the life of the process
+_claimed: dict[int, int] = {}  # device index -> open lock fd, held for the life of the process
 
 
 def lock_dir() -> Path:
-    d = Path(os.environ.get("NASFLOW_GPU_LOCK_DIR", Path(tempfile.gettempdir()) / f"nasflow-gpu-locks-{os.getuid()}"))
-    d.mkdir(parents=True, exist_ok=True)
+    """One directory for every user of the machine, so that two people's jobs never share a card."""
+    d = Path(os.environ.get("NASFLOW_GPU_LOCK_DIR", Path(tempfile.gettempdir()) / "nasflow-gpu-locks"))
+    if not d.is_dir():
+        d.mkdir(parents=True, exist_ok=True)
+        try:
+            d.chmod(0o1777)  # world-writable and sticky, like /tmp
+        except PermissionError:
+            pass  # another user created it first
     return d
 
 
-def claim_free_gpu(count: int, wait_s: float = 3600.0, poll_s: float = 2.0) -> int:
-    """Lock and return the first unclaimed device index in [0, count); wait while all are busy."""
+def card_ids(count: int) -> list[str]:
+    """A name per visible card that is the same in every process: CUDA_VISIBLE_DEVICES renumbers
+    cards from 0 in each process, so the card's UUID where torch reports it, else its entry in
+    CUDA_VISIBLE_DEVICES, else its index."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    ids = []
+    for i in range(count):
+        try:
+            uuid = str(torch.cuda.get_device_properties(i).uuid)
+        except (AttributeError, AssertionError, RuntimeError):  # older torch, or no driver to ask
+            uuid = ""
+        ids.append(uuid or (visible[i] if i < len(visible) else str(i)))
+    return ids
+
+
+def _try_lock(card: str) -> int | None:
+    path = lock_dir() / f"gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', card)}.lock"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    try:
+        os.fchmod(fd, 0o666)  # other users lock the same file (the umask narrowed the mode)
+    except PermissionError:
+        pass  # created by another user, who set the mode
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def claim_free_gpu(cards: list[str], wait_s: float = 3600.0, poll_s: float = 2.0) -> int:
+    """Lock and return the index of the first unclaimed card in `cards` (see card_ids); wait
+    while all are busy. A process keeps the card it claimed: asking again returns it."""
+    if _claimed:
+        return next(iter(_claimed))
     deadline = time.monotonic() + wait_s
     while True:
-        for i in range(count):
-            fd = os.open(lock_dir() / f"gpu{i}.lock", os.O_CREAT | os.O_RDWR, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            _held_locks.append(fd)
-            return i
+        for i, card in enumerate(cards):
+            fd = _try_lock(card)
+            if fd is not None:
+                _claimed[i] = fd
+                return i
         if time.monotonic() > deadline:
-            raise NasflowError(f"all {count} GPUs stayed claimed for {wait_s:.0f} s (locks in {lock_dir()}); "
+            raise NasflowError(f"all {len(cards)} GPUs stayed claimed for {wait_s:.0f} s (locks in {lock_dir()}); "
                                "lower --resources gpu=K or free a device")
         time.sleep(poll_s)
 
@@ -54,8 +90,8 @@ def resolve_device(requested: str) -> torch.device:
         if ":" in requested:
             return torch.device(requested)
         count = torch.cuda.device_count()
-        # a scheduler that sets CUDA_VISIBLE_DEVICES (SLURM) has already given this job its cards
-        if count == 1 or "CUDA_VISIBLE_DEVICES" in os.environ:
+        # one visible card: the job's own (SLURM sets CUDA_VISIBLE_DEVICES to its allocation)
+        if count == 1:
             return torch.device("cuda:0")
-        return torch.device(f"cuda:{claim_free_gpu(count)}")
+        return torch.device(f"cuda:{claim_free_gpu(card_ids(count))}")
     raise NasflowError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N")
