@@ -144,6 +144,7 @@ def test_snakemake_runs_hep_nas_on_both_spaces(tmp_path_factory, tiny_folder):
                                   hierarchies={"nb201": 2, "darts": 1}, guidance="previous")
     quick.write_text(yaml.safe_dump(q, sort_keys=False))
     snakemake("--config", "methods=[hep_nas]", "seeds=[0]", "tracking={enabled: false}", "spaces=[nb201,darts]",
+              "diagnostics={ranking: {enabled: false}}",
               "space={darts: {op_set: s3}}", "data={max_images: 80}", cwd=p)
 
     run = p / "results" / "nb201" / "cifar10" / "seed0" / "hep_nas"

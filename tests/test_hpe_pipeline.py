@@ -156,7 +156,7 @@ def hpe_project(tmp_path_factory, tiny_folder):
     return p
 
 
-HPE_CONFIG = ("methods=[hpe_darts]", "seeds=[0]", "tracking={enabled: false}")
+HPE_CONFIG = ("methods=[hpe_darts]", "seeds=[0]", "tracking={enabled: false}", "diagnostics={ranking: {enabled: false}}")
 
 
 def test_bad_schedule_stops_snakemake_before_any_job(hpe_project):

@@ -19,7 +19,9 @@ def project(tmp_path_factory, tiny_folder) -> Path:
     p = copy_project(tmp_path_factory.mktemp("project"))
     tiny_params(p, tiny_folder)
     base = p / "params" / "nasflow.yaml"  # the stage mechanics, on the baseline alone
-    base.write_text(yaml.safe_dump({**yaml.safe_load(base.read_text()), "methods": ["darts"]}, sort_keys=False))
+    cfg = yaml.safe_load(base.read_text())
+    cfg["methods"], cfg["diagnostics"]["ranking"]["enabled"] = ["darts"], False
+    base.write_text(yaml.safe_dump(cfg, sort_keys=False))
     snakemake(cwd=p)
     return p
 
@@ -112,6 +114,7 @@ def darts_project(tmp_path_factory, tiny_folder) -> Path:
     # DARTS, DARTS-PT and OStr-DARTS on one DARTS-space supernet; RobustDARTS S3 (2 candidates per
     # edge) and 80 images keep DARTS-PT's 14 + 3 decisions cheap
     snakemake("--config", "spaces=[darts]", "seeds=[0]", "tracking={enabled: false}", "methods=[darts,darts_pt,ostr]",
+              "diagnostics={ranking: {enabled: false}}",
               "space={darts: {op_set: s3}}", "data={max_images: 80}", cwd=p)
     return p
 
