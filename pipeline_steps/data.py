@@ -6,6 +6,7 @@ exactly from a checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from dataclasses import dataclass
@@ -48,17 +49,19 @@ class DeviceImages:
 
     def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch `idx`; with a generator, random crop (zero padding, as torchvision) and horizontal flip."""
-        device = self.images.device
-        x = self.images[idx.to(device)].float()
+        # non_blocking: the host never waits for the device between steps (small pageable copies
+        # are staged at once, so the source may change afterwards)
+        idx = idx.to(self.images.device, non_blocking=True)
+        x = self.images[idx].float()
         if generator is not None:
             x = self._augment(x, generator)
-        return (x - self.mean) / self.std, self.labels[idx.to(device)]
+        return (x - self.mean) / self.std, self.labels[idx]
 
     def _augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, _, h, w = x.shape
         p = self.pad
-        offsets = torch.randint(0, 2 * p + 1, (2, b), generator=generator).to(x.device)
-        flips = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        offsets = torch.randint(0, 2 * p + 1, (2, b), generator=generator).to(x.device, non_blocking=True)
+        flips = (torch.rand(b, generator=generator) < 0.5).to(x.device, non_blocking=True)
         # pad with the value that normalises to (0 - mean)/std, i.e. raw zero, like torchvision's padding
         padded = F.pad(x, (p, p, p, p))
         rows = (offsets[0][:, None] + self._grid[:h][None, :])            # (b, h)
@@ -92,7 +95,41 @@ def device_images(settings: DataSettings, split: str, device: torch.device | str
     images, labels = load_images(settings, split)
     size = images.shape[-1]
     pad = settings.crop_padding if settings.crop_padding is not None else (4 if size >= 32 else max(1, size // 8))
-    return DeviceImages(images, labels, info.mean, info.std, device, pad)
+    out = DeviceImages(images, labels, info.mean, info.std, device, pad)
+    out.fingerprint = fingerprint(images, labels)
+    return out
+
+
+def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """What the images are, not where they lie: a hash of the pixels and labels a stage trains on."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(str(images.shape).encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    h.update(np.ascontiguousarray(labels).astype(np.int64).tobytes())
+    return h.hexdigest()
+
+
+class TrainPass:
+    """One shuffled pass over D_tr: its order and how far it has been read. Kept in the supernet
+    state, so a stage resumed mid-epoch sees exactly the batches an uninterrupted run would."""
+
+    def __init__(self) -> None:
+        self.order: torch.Tensor | None = None
+        self.cursor = 0
+
+    def next(self, pool_size: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        if self.order is None or self.cursor >= len(self.order) or len(self.order) != pool_size:
+            self.order, self.cursor = torch.randperm(pool_size, generator=generator), 0
+        idx = self.order[self.cursor:self.cursor + batch_size]
+        self.cursor += len(idx)
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"order": None if self.order is None else self.order.clone(), "cursor": self.cursor}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.order = None if d.get("order") is None else d["order"].clone()
+        self.cursor = int(d.get("cursor", 0))
 
 
 class SearchData:
@@ -106,21 +143,39 @@ class SearchData:
         self.train_idx = torch.arange(0, split)
         self.val_idx = torch.arange(split, len(self.images))
         self.steps_per_epoch = math.ceil(len(self.train_idx) / batch_size)
+        self.fingerprint = self.images.fingerprint
 
     def _sample(self, pool: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         # next(iter(DataLoader(SubsetRandomSampler))): a fresh random batch, no epoch bookkeeping
         pick = torch.randperm(len(pool), generator=generator)[: self.batch_size]
         return self.images.batch(pool[pick], generator)
 
-    def train_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_batch(self, state) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch of `state`'s shuffled pass over D_tr (`for x, y in train_queue`): an epoch
+        of `steps_per_epoch` batches sees every training image once. A new pass is drawn from the
+        state's generator when the last one is used up; the pass is part of the checkpoint."""
+        if isinstance(state, torch.Generator):  # callers that want an independent random batch
+            return self.random_train_batch(state)
+        idx = state.train_pass.next(len(self.train_idx), self.batch_size, state.generator)
+        return self.images.batch(self.train_idx[idx], state.generator)
+
+    def random_train_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fresh random D_tr batch, independent of any pass (e.g. gradient-matching batches)."""
         return self._sample(self.train_idx, generator)
 
     def val_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """`next(iter(valid_queue))`: a fresh random D_val batch every architecture step."""
         return self._sample(self.val_idx, generator)
 
-    def val_batches(self, batch_size: int | None = None, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """All of D_val in order, unaugmented (for scoring and evaluation); `limit` images at most."""
-        idx = self.val_idx if limit is None else self.val_idx[:limit]
+    def val_batches(self, batch_size: int | None = None, limit: int | None = None,
+                    generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """D_val unaugmented (for scoring and evaluation), `limit` images at most: the first ones in
+        order, or with a generator a random subset of that size drawn from it."""
+        if generator is None:
+            idx = self.val_idx if limit is None else self.val_idx[:limit]
+        else:
+            n = len(self.val_idx) if limit is None else min(limit, len(self.val_idx))
+            idx = self.val_idx[torch.randperm(len(self.val_idx), generator=generator)[:n]]
         bs = batch_size or self.batch_size
         for start in range(0, len(idx), bs):
             yield self.images.batch(idx[start:start + bs])

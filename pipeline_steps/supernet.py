@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path
+from .data import TrainPass
 from .rng import rng_state, seed_everything, set_rng_state
 from .spaces import Space
 
@@ -29,8 +30,10 @@ class SupernetState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     generator: torch.Generator            # drives batch sampling and augmentation (CPU, device independent)
     epoch: int = 0
+    train_pass: TrainPass = field(default_factory=TrainPass)   # the current shuffled pass over D_tr
     history: list[dict] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    _device_masks: dict = field(default_factory=dict, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -38,7 +41,17 @@ class SupernetState:
 
     def weights(self, mixing: str = "softmax") -> dict[str, torch.Tensor]:
         """Mixing weights per cell type; masked ops get exactly 0 (softmax over alive ops only)."""
-        return {k: mixing_weights(a, self.mask[k].to(a.device), mixing) for k, a in self.alpha.items()}
+        return {k: mixing_weights(a, self.device_mask(k, a.device), mixing) for k, a in self.alpha.items()}
+
+    def device_mask(self, kind: str, device: torch.device) -> torch.Tensor:
+        """The mask of `kind` on `device`, copied only when the mask changed (masks are edited in
+        place; comparing a few dozen CPU booleans is cheaper than a copy that waits on the device)."""
+        mask = self.mask[kind]
+        cached = self._device_masks.get(kind)
+        if cached is None or cached[1].device != torch.device(device) or not torch.equal(cached[0], mask):
+            cached = (mask.clone(), mask.to(device, non_blocking=True))
+            self._device_masks[kind] = cached
+        return cached[1]
 
     def active(self) -> dict[str, list[list[int]]]:
         """Per cell type and edge, the indices of the ops still alive (computed on CPU: no device sync)."""
@@ -54,6 +67,7 @@ class SupernetState:
             "a_optimizer": self.a_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
+            "train_pass": self.train_pass.state_dict(),
             "history": self.history,
             "extra": self.extra,
             "rng": rng_state(self.generator),
@@ -69,6 +83,9 @@ class SupernetState:
         self.a_optimizer.load_state_dict(ckpt["a_optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch = ckpt["epoch"]
+        self.train_pass = TrainPass()
+        if "train_pass" in ckpt:
+            self.train_pass.load_state_dict(ckpt["train_pass"])
         self.history = list(ckpt["history"])
         self.extra = dict(ckpt["extra"])
         set_rng_state(ckpt["rng"], self.generator)

@@ -9,6 +9,8 @@ Methods add modes by registering a step function in MODES.
 from __future__ import annotations
 
 import dataclasses
+import re
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
@@ -52,7 +54,7 @@ class StepStats:
 
 
 def weight_step(state: SupernetState, data: SearchData, s: StepSettings, stats: StepStats) -> None:
-    x, y = data.train_batch(state.generator)
+    x, y = data.train_batch(state)
     weights = {k: w.detach() for k, w in state.weights(s.mixing).items()}
     state.w_optimizer.zero_grad(set_to_none=True)
     logits = state.model(x, weights, state.active())
@@ -101,24 +103,50 @@ def step_settings(mode: str | None, search: dict) -> StepSettings:
 
 
 def train_epoch(state: SupernetState, data: SearchData, mode: str, settings: StepSettings = StepSettings(),
-                hooks: Iterable[Hook] = (), progress: bool = True) -> dict[str, float]:
-    """One epoch (len(D_tr)/batch steps) in `mode`; steps the LR schedule once, advances state.epoch."""
-    step = MODES[mode]
+                hooks: Iterable[Hook] = (), progress: bool = True, captured: str = "off") -> dict[str, float]:
+    """One epoch (one pass over D_tr: len(D_tr)/batch steps) in `mode`; steps the LR schedule once,
+    advances state.epoch. `captured`: off (the plain step) | eager (the captured step's function run
+    as it is) | graph (recorded once as a CUDA graph and replayed; eager on CPU) | auto (graph on
+    CUDA, off elsewhere). Modes the captured step does not cover always run plain."""
     hooks = list(hooks)
     state.model.train()
     train_stats, val_stats = StepStats(), StepStats()
     lr = state.w_optimizer.param_groups[0]["lr"]
     bar = tqdm(range(data.steps_per_epoch), desc=f"epoch {state.epoch + 1}", leave=False, disable=not progress,
                mininterval=2.0)
-    for _ in bar:
-        step(state, data, settings, train_stats, val_stats, hooks)
-    state.scheduler.step()
+    fast = _captured_step(state, mode, settings, hooks, captured)
+    if fast is None:
+        step = MODES[mode]
+        for _ in bar:
+            step(state, data, settings, train_stats, val_stats, hooks)
+    else:
+        for _ in bar:
+            val = data.val_batch(state.generator) if mode == "bilevel" else None
+            fast(val, data.train_batch(state))
+        fast.finish(train_stats, val_stats)
+    with warnings.catch_warnings():  # the captured step updates the weights without optimizer.step()
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+        state.scheduler.step()
     state.epoch += 1
     train_loss, train_acc = train_stats.means()
     record = {"epoch": state.epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
     if val_stats.count:
         record["val_loss"], record["val_acc"] = val_stats.means()
     return record
+
+
+def _captured_step(state: SupernetState, mode: str, settings: StepSettings, hooks: list, captured: str):
+    if captured not in ("off", "eager", "graph", "auto"):
+        raise ValueError(f"captured step {captured!r}: use off, eager, graph or auto")
+    use_graph = captured == "graph" or (captured == "auto" and state.device.type == "cuda")
+    if captured == "off" or (captured == "auto" and not use_graph):
+        return None
+    from .captured_step import CapturedStep, supported
+
+    if supported(state, mode, hooks) is not None:
+        return None
+    ostr = next(iter(hooks), None)
+    return CapturedStep(state, mode, settings.mixing, settings.grad_clip, ostr, use_graph)
 
 
 @torch.no_grad()

@@ -23,29 +23,40 @@ import torch
 CRITERIA = ("ostr", "ostr_star", "gw", "theta_gw")
 
 
+def per_batch(theta: torch.Tensor, alive: torch.Tensor, grad_alpha: torch.Tensor,
+              grad_theta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The four criteria of one validation batch (absolute gradients in, E x n_ops each out)."""
+    return {
+        "ostr": grad_alpha * alive,
+        "ostr_star": torch.where(alive, grad_alpha / theta.clamp_min(1e-30), torch.zeros_like(theta)),
+        "gw": grad_theta * alive,
+        "theta_gw": theta * grad_theta,
+    }
+
+
 class OStrStatistics:
-    """Per-epoch sums of the four criteria per cell type; `finish_epoch` returns the means and resets."""
+    """Per-epoch sums of the four criteria per cell type; `finish_epoch` returns the means and resets.
+    The sums are updated in place, so a captured (CUDA graph) step can accumulate into them."""
 
     def __init__(self) -> None:
         self.sums: dict[str, dict[str, torch.Tensor]] = {}
         self.batches = 0
 
+    def sums_for(self, kind: str, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.sums.setdefault(kind, {c: torch.zeros_like(like) for c in CRITERIA})
+
+    def add(self, kind: str, theta: torch.Tensor, alive: torch.Tensor, grad_alpha: torch.Tensor | None,
+            grad_theta: torch.Tensor | None) -> None:
+        theta = theta.detach()
+        grad_alpha = grad_alpha.detach().abs() if grad_alpha is not None else torch.zeros_like(theta)
+        grad_theta = grad_theta.detach().abs() if grad_theta is not None else torch.zeros_like(theta)
+        sums = self.sums_for(kind, theta)
+        for c, value in per_batch(theta, alive, grad_alpha, grad_theta).items():
+            sums[c].add_(value)
+
     def after_alpha_backward(self, state, weights: dict[str, torch.Tensor]) -> None:
         for kind, alpha in state.alpha.items():
-            theta = weights[kind].detach()
-            alive = state.mask[kind].to(theta.device)
-            grad_alpha = alpha.grad.detach().abs() if alpha.grad is not None else torch.zeros_like(theta)
-            grad_theta = weights[kind].grad
-            grad_theta = grad_theta.detach().abs() if grad_theta is not None else torch.zeros_like(theta)
-            per_batch = {
-                "ostr": grad_alpha * alive,
-                "ostr_star": torch.where(alive, grad_alpha / theta.clamp_min(1e-30), torch.zeros_like(theta)),
-                "gw": grad_theta * alive,
-                "theta_gw": theta * grad_theta,
-            }
-            sums = self.sums.setdefault(kind, {c: torch.zeros_like(theta) for c in CRITERIA})
-            for c in CRITERIA:
-                sums[c] += per_batch[c]
+            self.add(kind, weights[kind], state.device_mask(kind, alpha.device), alpha.grad, weights[kind].grad)
         self.batches += 1
 
     def finish_epoch(self) -> dict[str, dict[str, list[list[float]]]]:

@@ -1,0 +1,214 @@
+"""The bilevel and fixed-alpha steps as one static-shaped function that a CUDA graph can record.
+
+A paper-scale NB201 step (C=16, batch 64) is thousands of tiny kernels: on a GPU its time is
+kernel launches and Python, not arithmetic. `CapturedStep` does the same step as
+`train.bilevel` / `train.fixed_alpha` (alpha step on a D_val batch, then a clipped SGD weight
+step on a D_tr batch) with everything a graph must hold fixed:
+
+* the inputs live in static buffers the batches are copied into;
+* gradients come from `torch.autograd.grad`, never from `.grad`, so no tensor is reallocated;
+* SGD and Adam are written out with foreach ops that read and update the torch optimisers' own
+  state in place (momentum buffers, Adam moments), with the learning rate in a device tensor, so
+  checkpoints and the plain path see the same optimiser state;
+* loss/accuracy sums and the OStr statistics accumulate in place.
+
+On CUDA the step runs eagerly for `warmup` steps (cuDNN/cuBLAS set-up), is then recorded once and
+replayed for the rest of the epoch; a batch of another shape (the last, partial one) runs eagerly.
+On CPU it runs eagerly, which is how its equality with the plain step is tested.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .scores.ostr import OStrStatistics
+from .supernet import SupernetState, mixing_weights
+
+CAPTURABLE_MODES = ("bilevel", "fixed_alpha")
+
+
+def supported(state: SupernetState, mode: str, hooks) -> str | None:
+    """Why this step cannot be captured (None: it can)."""
+    if mode not in CAPTURABLE_MODES:
+        return f"mode {mode} has its own step"
+    if any(not isinstance(h, OStrStatistics) for h in hooks):
+        return "a hook other than the OStr statistics"
+    w, a = state.w_optimizer, state.a_optimizer
+    if type(w) is not torch.optim.SGD or any(g.get("dampening", 0) or g.get("maximize") for g in w.param_groups):
+        return "a weight optimiser other than plain SGD"
+    if type(a) is not torch.optim.Adam or any(g.get("amsgrad") or g.get("maximize") for g in a.param_groups):
+        return "an alpha optimiser other than plain Adam"
+    return None
+
+
+class CapturedStep:
+    """One epoch's steps of `mode` on `state`; build a new one when the mask, the mode or the
+    optimisers change (every epoch does)."""
+
+    def __init__(self, state: SupernetState, mode: str, mixing: str, grad_clip: float,
+                 ostr: OStrStatistics | None, use_graph: bool, warmup: int = 3):
+        self.state, self.mode, self.mixing, self.grad_clip = state, mode, mixing, grad_clip
+        self.ostr = ostr
+        self.device = state.device
+        self.use_graph = use_graph and self.device.type == "cuda"
+        self.warmup = warmup
+        self.kinds = list(state.alpha)
+        self.active = state.active()
+        self.masks = {k: state.device_mask(k, self.device) for k in self.kinds}
+        self.params = [p for g in state.w_optimizer.param_groups for p in g["params"] if p.requires_grad]
+        zeros = lambda: torch.zeros((), device=self.device, dtype=torch.float64)  # noqa: E731
+        self.train_loss, self.train_correct, self.val_loss, self.val_correct = zeros(), zeros(), zeros(), zeros()
+        self.train_count = self.val_count = 0
+        self._init_optimiser_state()
+        if ostr is not None:
+            for k in self.kinds:
+                ostr.sums_for(k, state.alpha[k].detach())
+        self.static: dict[str, torch.Tensor] = {}
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.calls = 0
+
+    # ----------------------------------------------------------------- optimiser state
+    def _init_optimiser_state(self) -> None:
+        w, a = self.state.w_optimizer, self.state.a_optimizer
+        self.groups = []
+        for g in w.param_groups:
+            ps = [p for p in g["params"] if p.requires_grad]
+            for p in ps:
+                if w.state[p].get("momentum_buffer") is None:
+                    # buf = 0 * m + d_p equals torch's first step buf = d_p exactly
+                    w.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            self.groups.append({"params": ps, "bufs": [w.state[p]["momentum_buffer"] for p in ps],
+                                "lr": torch.full((), -float(g["lr"]), device=self.device, dtype=ps[0].dtype if ps else None),
+                                "momentum": g["momentum"], "weight_decay": g["weight_decay"],
+                                "nesterov": g.get("nesterov", False)})
+        self.adam = []
+        for g in a.param_groups:
+            for p in g["params"]:
+                st = a.state[p]
+                if not st:
+                    st.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                self.adam.append({"param": p, "state": st, "lr": g["lr"], "betas": g["betas"], "eps": g["eps"],
+                                  "weight_decay": g["weight_decay"],
+                                  # float64, as torch's own bias corrections are Python floats
+                                  "step": torch.full((), float(st["step"]), device=self.device, dtype=torch.float64)})
+
+    def sync_optimiser_state(self) -> None:
+        """Write the device-side Adam step counts back into the optimiser (before a checkpoint)."""
+        for entry in self.adam:
+            step = float(entry["step"])
+            if isinstance(entry["state"]["step"], torch.Tensor):
+                entry["state"]["step"].fill_(step)
+            else:
+                entry["state"]["step"] = step
+
+    # ----------------------------------------------------------------- the step
+    def _alpha_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        alphas = [self.state.alpha[k] for k in self.kinds]
+        weights = {k: mixing_weights(a, self.masks[k], self.mixing) for k, a in zip(self.kinds, alphas)}
+        logits = self.state.model(x, weights, self.active)
+        loss = F.cross_entropy(logits, y)
+        grads = torch.autograd.grad(loss, alphas + [weights[k] for k in self.kinds], allow_unused=True)
+        grad_alpha, grad_theta = grads[:len(alphas)], grads[len(alphas):]
+        if self.ostr is not None:
+            for k, ga, gt in zip(self.kinds, grad_alpha, grad_theta):
+                self.ostr.add(k, weights[k], self.masks[k], ga, gt)
+        self.val_loss.add_(loss.detach() * len(y))
+        self.val_correct.add_((logits.detach().argmax(1) == y).sum())
+        with torch.no_grad():
+            for entry, g in zip(self.adam, grad_alpha):
+                if g is not None:
+                    _adam(entry, g)
+
+    def _weight_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        with torch.no_grad():
+            weights = {k: mixing_weights(self.state.alpha[k], self.masks[k], self.mixing) for k in self.kinds}
+        logits = self.state.model(x, weights, self.active)
+        loss = F.cross_entropy(logits, y)
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        self.train_loss.add_(loss.detach() * len(y))
+        self.train_correct.add_((logits.detach().argmax(1) == y).sum())
+        with torch.no_grad():
+            by_param = {id(p): g for p, g in zip(self.params, grads) if g is not None}
+            used = list(by_param.values())
+            # clip_grad_norm_: the norm over every gradient, scaled down only when above the limit
+            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(used)))
+            scale = (self.grad_clip / (total + 1e-6)).clamp(max=1.0)
+            torch._foreach_mul_(used, scale)
+            for group in self.groups:
+                idx = [i for i, p in enumerate(group["params"]) if id(p) in by_param]
+                if idx:
+                    _sgd(group, [group["params"][i] for i in idx], [by_param[id(group["params"][i])] for i in idx],
+                         [group["bufs"][i] for i in idx])
+
+    def _body(self) -> None:
+        s = self.static
+        if self.mode == "bilevel":
+            self._alpha_step(s["x_val"], s["y_val"])
+        self._weight_step(s["x_tr"], s["y_tr"])
+
+    def __call__(self, val_batch, train_batch) -> None:
+        """One step on these batches (val_batch is None in fixed_alpha mode)."""
+        batches = {"x_tr": train_batch[0], "y_tr": train_batch[1]}
+        if val_batch is not None:
+            batches.update(x_val=val_batch[0], y_val=val_batch[1])
+        self.train_count += len(train_batch[1])
+        self.val_count += len(val_batch[1]) if val_batch is not None else 0
+        if self.ostr is not None and val_batch is not None:
+            self.ostr.batches += 1
+        same_shape = self.static and all(self.static[k].shape == v.shape for k, v in batches.items())
+        if not same_shape and self.static:  # e.g. the last, partial batch: run it as it is
+            saved, self.static = self.static, batches
+            self._body()
+            self.static = saved
+            return
+        if not self.static:
+            self.static = {k: v.clone() for k, v in batches.items()}
+        else:
+            for k, v in batches.items():
+                self.static[k].copy_(v, non_blocking=True)
+        self.calls += 1
+        if not self.use_graph or self.calls <= self.warmup:
+            self._body()
+            return
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+
+    def _capture(self) -> None:
+        torch.cuda.synchronize(self.device)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._body()
+        # recording runs nothing: the step of this call happens in its first replay (the caller's)
+
+    def finish(self, train_stats, val_stats) -> None:
+        """Hand the epoch's sums to the loop's StepStats and the optimiser its step counts."""
+        self.sync_optimiser_state()
+        train_stats.loss_sum, train_stats.correct, train_stats.count = self.train_loss, self.train_correct, self.train_count
+        if self.val_count:
+            val_stats.loss_sum, val_stats.correct, val_stats.count = self.val_loss, self.val_correct, self.val_count
+        self.graph = None
+
+
+def _sgd(group: dict, params: list, grads: list, bufs: list) -> None:
+    """torch.optim.SGD (no dampening): d = g + wd p; buf = m buf + d; p -= lr (nesterov ? d + m buf : buf)."""
+    d = torch._foreach_add(grads, params, alpha=group["weight_decay"]) if group["weight_decay"] else list(grads)
+    torch._foreach_mul_(bufs, group["momentum"])
+    torch._foreach_add_(bufs, d)
+    update = torch._foreach_add(d, bufs, alpha=group["momentum"]) if group["nesterov"] else bufs
+    torch._foreach_add_(params, torch._foreach_mul(update, group["lr"]))
+
+
+def _adam(entry: dict, g: torch.Tensor) -> None:
+    """torch.optim.Adam (L2 weight decay, no amsgrad), its step count on the device."""
+    p, st = entry["param"], entry["state"]
+    b1, b2 = entry["betas"]
+    if entry["weight_decay"]:
+        g = g.add(p, alpha=entry["weight_decay"])
+    entry["step"].add_(1)
+    st["exp_avg"].lerp_(g, 1 - b1)
+    st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+    bias1 = 1 - torch.pow(b1, entry["step"])
+    bias2_sqrt = (1 - torch.pow(b2, entry["step"])).sqrt()
+    denom = (st["exp_avg_sq"].sqrt() / bias2_sqrt).add_(entry["eps"])
+    p.addcdiv_(st["exp_avg"], denom * (bias1 / -entry["lr"]))
