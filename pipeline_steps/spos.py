@@ -9,9 +9,10 @@ SGD. No alpha step. METHODS.md 3.3:
   * a node whose incoming edges all drew `none` redraws them (`resample_all_none`, ABS
     `forward_urs`), unless `none` is the only op left on all of them.
   * snapshots: at K evenly spaced steps of a stage's last epoch, add every parameter and BN
-    buffer to a running sum; their mean Wbar is the weight set P(a) is measured with (Eq. 4).
+    buffer to a running sum; their mean Wbar is the weight set SE-NAS measures P(a) with (Eq. 4).
     A training stage whose `search` settings hold `snapshots: K` keeps that average in the
-    state (`KeptSnapshots`), so the stage after it measures P(a) with Wbar.
+    state (`KeptSnapshots`) next to the live weights, which the model keeps: SE-NAS's stages
+    measure P(a) with Wbar (`averaged_copy`), the plain SPOS search with the live weights.
 
 All draws come from the state's CPU generator, so a run is reproducible and resumes exactly.
 The mode registers itself in `train.MODES` as "spos" when this module is imported.
@@ -139,7 +140,7 @@ def spos_step(state: SupernetState, data, settings: train.StepSettings, train_st
     """Sample a path, CE on a D_tr batch, clip, SGD; then `after_weight_step` hooks."""
     sampling = getattr(settings, "sampling", "per_arch")
     resample = getattr(settings, "resample_all_none", True)
-    x, y = data.train_batch(state.generator)
+    x, y = data.train_batch(state)  # the state's pass over D_tr
     nodes = edge_nodes(state.space.name)
     none_index = state.space.ops.index("none") if "none" in state.space.ops else None
     n_ops = len(state.space.ops)
@@ -244,7 +245,8 @@ class SnapshotHook:
         self.step += 1
 
 
-SNAPSHOTS_KEY = "snapshots"   # state.extra entry holding the last snapshot average (WeightAverage.state_dict)
+SNAPSHOTS_KEY = "snapshots"   # state.extra entry holding the last snapshot average (WeightAverage.state_dict);
+                              # the state's model keeps the live weights beside it
 
 
 class KeptSnapshots(SnapshotHook):

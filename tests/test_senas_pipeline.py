@@ -86,6 +86,7 @@ def test_shrink_expand_and_search_on_tiny_nb201(tiny_folder, tmp_path):
     searched = read_json(tmp_path / "search" / "search.json")
     table = read_json(tmp_path / "search" / "p_table.json")
     assert len(table) == searched["children_evaluated"] == 30 and -1 <= searched["ranking"]["kendall_tau"] <= 1
+    assert searched["weights"] == "averaged"             # SE-NAS measures with Wbar (Eq. 4)
     for arch in table:                                  # every measured child lies in the shrunk space
         assert all(mask[e, o] for e, o in enumerate(nb201_key(arch, op_names)[0]))
     history = torch.load(final, weights_only=False)["history"]
@@ -113,6 +114,8 @@ def test_spos_baseline_searches_the_full_space_on_the_same_supernet(tiny_folder,
     assert bool(ckpt["mask"]["cell"].all()) and "se_nas_expansion" not in ckpt["extra"]
     searched = read_json(tmp_path / "search" / "search.json")
     assert searched["space_size"] == 5 ** 6 and searched["children_evaluated"] == 30
+    # the shared supernet carries the live weights and Wbar; plain SPOS measures the live ones
+    assert ckpt["extra"]["snapshots"]["count"] == 3 and searched["weights"] == "live"
     assert ckpt["history"][-1]["arch"] == searched["best_arch"]
 
 

@@ -20,11 +20,15 @@ Algorithm 1 as the stages run it:
                initialised from the weights it runs on now.
        train   E_stage epochs of SPOS on the shrunk, expanded supernet (`final_train_epochs` after
                the last shrink), snapshots on the last epoch; with 0 epochs Wbar is expanded too.
-  3. search    P(a) over the remaining space (every child, or `final_archs` drawn uniformly) and
-               a* = argmax P(a): the NB201 cell, or in the DARTS space the genotype the DARTS
-               parse reads from a*'s one-hot ops.
+  3. search    P(a) with Wbar over the remaining space (every child, or `final_archs` drawn
+               uniformly) and a* = argmax P(a): the NB201 cell, or in the DARTS space the genotype
+               the DARTS parse reads from a*'s one-hot ops.
 
-`spos` is steps 1 and 3 on the same supernet job: the full space, `final_archs` children.
+`spos` is steps 1 and 3 on the same supernet job: the full space, `final_archs` children, but
+measured with the live weights (the state's model after the last SPOS step), not Wbar: weight
+averaging is SE-NAS's own (Eq. 4), so the SPOS baseline leaves it out. The supernet state carries
+both, the live weights as its model and Wbar in `state.extra`; the search setting `weights`
+(`averaged` | `live`) says which one a method measures.
 Every stage records the best child so far, and on NB201 the Kendall tau between P(a) and the
 benchmark over the children it measured; decisions go to shrink.json / search.json, the P(a)
 table to p_table.json. The expansion map is kept in the state: `load_state` expands a fresh
@@ -50,6 +54,7 @@ SHRINK_PREFIX = "shrink"
 EXPANSION_KEY = "se_nas_expansion"    # state.extra: the merged groups the supernet is expanded with
 PROGRESS_KEY = "se_nas_stage"         # state.extra: how far the current stage got (for resuming)
 ENUMERATE_UP_TO = 200_000             # spaces this small are listed to draw distinct children from
+SEARCH_WEIGHTS = ("averaged", "live")  # the weights the final search measures P(a) with: Wbar or the trained model
 
 
 class SENas(Method):
@@ -58,6 +63,8 @@ class SENas(Method):
     def __init__(self, name: str, shrinking: bool = True):
         super().__init__(name)
         self.shrinking = shrinking    # False: the SPOS baseline (no shrink stages)
+        # SE-NAS measures with the snapshot average (Eq. 4); plain SPOS with the live supernet weights
+        self.search_weights = "averaged" if shrinking else "live"
 
     # ----------------------------------------------------------------- supernet = SPOS
     def supernet(self, cfg: dict, space: str) -> dict:
@@ -80,7 +87,7 @@ class SENas(Method):
         p = self.params(cfg)
         scoring = {"scoring_images": p["scoring_images"], "eval_bn": p["eval_bn"]}
         if stage == "search":
-            return {**scoring, "final_archs": p["final_archs"]}
+            return {**scoring, "final_archs": p["final_archs"], "weights": self.search_weights}
         s, n = int(stage[len(SHRINK_PREFIX):]), p["shrink_stages"][space]
         return {**scoring, "stage_index": s, "stages": n, "k": p["k_drop"], "T": p["T"],
                 "one_per_edge": p["one_per_edge"][space],
@@ -163,8 +170,8 @@ class SENas(Method):
         state, space = run.state, run.state.space
         mask = {k: m.bool().cpu() for k, m in state.mask.items()}
         archs = candidate_archs(mask, space.cell_types, s["final_archs"], state.generator)
-        p = measure(run, averaged_model(state), archs, s)
-        decision = {**summary(run, p), "space_size": space_size(mask, space.cell_types)}
+        p = measure(run, search_model(state, s["weights"]), archs, s)
+        decision = {**summary(run, p), "space_size": space_size(mask, space.cell_types), "weights": s["weights"]}
         print(f"search: best of {len(p)} children {decision['best_arch']} P={decision['p_best']:.2f}",
               file=sys.stderr, flush=True)
         return decision, named_table(space, p)
@@ -209,6 +216,17 @@ def averaged_model(state: SupernetState) -> torch.nn.Module:
         average = WeightAverage()
         average.add(state.model)
     return averaged_copy(state.model, average)
+
+
+def search_model(state: SupernetState, weights: str) -> torch.nn.Module:
+    """The supernet the final search measures: `averaged` a copy holding Wbar (SE-NAS), `live` the
+    state's own model with the weights of the last training step (SPOS). Measuring leaves the
+    model's weights, BN buffers and train/eval flags as they were."""
+    if weights == "averaged":
+        return averaged_model(state)
+    if weights == "live":
+        return state.model
+    raise ValueError(f"unknown search weights {weights!r}; valid: {', '.join(SEARCH_WEIGHTS)}")
 
 
 def candidate_archs(mask: dict[str, torch.Tensor], cell_types, limit, generator: torch.Generator) -> list[ArchKey]:

@@ -1,4 +1,5 @@
-"""P(a): the validation accuracy of child architecture a with the averaged weights (SE-NAS Eq. 4),
+"""P(a): the validation accuracy of child architecture a with the weights of the model passed in
+(SE-NAS: the snapshot-averaged weights of Eq. 4; the SPOS baseline: the live supernet weights),
 and how well such accuracies rank architectures against the benchmark (Kendall tau, Spearman rho).
 
 Evaluating up to 15,625 NB201 children is the cost of an SE-NAS stage, so `evaluate_children`
@@ -146,8 +147,10 @@ def _equivalence(model: nn.Module, archs: list[ArchKey], none: int | None, bn: s
 def evaluate_children(model: nn.Module, archs: Iterable[ArchKey], batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
                       cell_types: Sequence[str], num_ops: int, bn: str = "batch_stats",
                       none_index: int | None = None) -> dict[ArchKey, float]:
-    """{a: top-1 accuracy % of child a on `batches`}. Pass the averaged-weight model
-    (`spos.averaged_copy`); an expanded supernet routes each child through its own copies.
+    """{a: top-1 accuracy % of child a on `batches`}, with the weights `model` holds: the
+    averaged-weight copy (`spos.averaged_copy`) for SE-NAS, the live supernet for SPOS. Weights,
+    BN buffers and train/eval flags are left as they were; an expanded supernet routes each child
+    through its own copies.
     With `none_index` (NB201, batch statistics), children that differ only on edges that cannot
     reach the cell output are computed once (9,445 forwards for the full 15,625-cell space)."""
     archs = list(dict.fromkeys(archs))
