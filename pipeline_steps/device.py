@@ -95,3 +95,10 @@ def resolve_device(requested: str) -> torch.device:
             return torch.device("cuda:0")
         return torch.device(f"cuda:{claim_free_gpu(card_ids(count))}")
     raise NasflowError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N")
+
+
+def device_name(device: torch.device) -> str:
+    """The card's name (e.g. NVIDIA H100 80GB HBM3), or `cpu`."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -153,16 +154,21 @@ class Plan:
         uri = c["tracking"]["uri"] or f"sqlite:///{self.project_dir / 'mlflow.db'}"
         return {
             "device": c["device"],
+            "captured_step": c["captured_step"],
             "data": {k: c["data"][k] for k in ("root", "source", "download")},
             "benchmark": c["benchmark"],
             "tracking": {**c["tracking"], "uri": uri, "artifacts": (self.project_dir / "mlartifacts").as_uri()},
             "profile": c["profile"],
-            "config_hash": spec_key({k: v for k, v in c.items() if k not in ("device", "tracking", "resources")}),
+            "config_hash": spec_key({k: v for k, v in c.items()
+                                     if k not in ("device", "captured_step", "tracking", "resources")}),
             "git_commit": git_commit(self.project_dir),
         }
 
 
 def git_commit(cwd: Path) -> str:
+    """HEAD's short hash; NASFLOW_GIT_COMMIT names it where the project is a copy without .git."""
+    if os.environ.get("NASFLOW_GIT_COMMIT"):
+        return os.environ["NASFLOW_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or "unknown"

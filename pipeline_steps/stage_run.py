@@ -17,7 +17,7 @@ from .atomic import write_json
 from .benchmark import load_benchmark
 from .config import spec_key
 from .data import DataSettings, SearchData
-from .device import resolve_device
+from .device import device_name, resolve_device
 from .scores.ostr import OStrStatistics
 from .spaces import get_space
 from .supernet import Optimisation, SupernetState, init_state
@@ -92,7 +92,7 @@ class StageRun:
         ostr = OStrStatistics()
         t0 = time.perf_counter()
         record = train_epoch(state, self.data, mode, self.step_settings, hooks=[ostr, *hooks],
-                             progress=sys.stderr.isatty())
+                             progress=sys.stderr.isatty(), captured=self.runtime.get("captured_step", "off"))
         self.wall += time.perf_counter() - t0
         record.update(stage=self.spec["stage"], wall_time_s=self.wall, **extra)
         record["alpha"] = {k: a.detach().cpu().tolist() for k, a in state.alpha.items()}
@@ -130,7 +130,10 @@ class StageRun:
         self.tracker.log_dict(final.get("alpha", {}), "alpha.json")
         self.tracker.log_dict({"arch": final.get("arch")}, "arch.json")
         write_json(out_metrics, {"key": self.key, "stage": self.spec["stage"], "epochs": state.epoch,
-                                 "wall_time_s": self.wall, "device": str(self.device), **metrics,
+                                 "wall_time_s": self.wall, "device": str(self.device),
+                                 "device_name": device_name(self.device), "torch": torch.__version__,
+                                 "data_fingerprint": self.data.fingerprint,
+                                 "captured_step": self.runtime.get("captured_step", "off"), **metrics,
                                  **{k: v for k, v in final.items()
                                     if isinstance(v, (int, float, str)) and k not in ("wall_time_s", "stage")}})
         self.tracker.finish()
