@@ -1,6 +1,7 @@
 """HPE-DARTS (hybrid pruning with the NetPerfProxy, METHODS.md 4): soft then hard pruning of ops.
 
-  1. supernet  Warm-up: E_warmup epochs training w with alpha fixed at 1/|O| (`alpha_init`), ops
+  1. supernet  Warm-up: E_warmup epochs training w with alpha fixed at 1/|O| (`alpha_init`), on
+               the first part of one cosine LR curve over warm-up + all pruning epochs; ops
                mixed by the raw alpha (`mixing = raw_alpha`, the SP-DARTS code) or by softmax(alpha).
                Its own supernet job: the settings differ from the DARTS one.
   2. prune1 .. pruneS  with S = len(schedule) - 1 and Pop_st = kept[st-1] - kept[st]
@@ -8,7 +9,8 @@
                stage is E_prune epochs; at the start of epoch i = 0 .. E_prune-1:
                  importance  I(e, o) of every alive op on every edge, per cell type:
                                acc   I_acc = Acc(full) - Acc(without (e, o)) on the first
-                                     `acc_val_fraction` of D_val (train-mode BN, no grad)
+                                     `acc_val_fraction` of D_val, a random subset drawn
+                                     each time (train-mode BN, no grad)
                                npp   I_npp = NPP(full) - NPP(without (e, o)) on `npp_batch`
                                      D_tr images (the alpha-weighted NASWOT kernel)
                              NB201: acc in the first half of the stages, npp after (`acc_then_npp`);
@@ -70,10 +72,14 @@ class HPEDarts(Method):
 
     # ----------------------------------------------------------------- supernet = warm-up
     def supernet(self, cfg: dict, space: str) -> dict:
+        """The warm-up anneals on the one cosine of the whole search (warm-up + every pruning
+        epoch), so the pruning stages continue its curve (`lr_period`)."""
         p = self.params(cfg)
+        n_stages = len(p["schedule"][space]) - 1
         return {"mode": "fixed_alpha", "space": {}, "alpha_warmup": 0,
                 "search": {"epochs": p["warmup_epochs"], "alpha_init": p["alpha_init"],
-                           "mixing": SUPERNET_MIXING[p["mixing"]]}}
+                           "mixing": SUPERNET_MIXING[p["mixing"]],
+                           "lr_period": p["warmup_epochs"] + n_stages * p["prune_epochs"]}}
 
     # ----------------------------------------------------------------- pruning stages
     def stages(self, cfg: dict, space: str) -> list[str]:
@@ -150,8 +156,11 @@ class HPEDarts(Method):
         """I(e, o) per cell type, shaped like alpha, NaN on dead ops; larger means more important."""
         state, mixing = run.state, SUPERNET_MIXING[s["mixing"]]
         if criterion == "acc":
+            # a random `acc_val_fraction` of D_val, drawn anew for each importance (SP-DARTS's
+            # infer_test_portion); every op of one importance is measured on the same images
             limit = max(1, round(s["acc_val_fraction"] * len(run.data.val_idx)))
-            return accuracy_drop(state, list(run.data.val_batches(s["eval_batch_size"], limit)), mixing)
+            batches = list(run.data.val_batches(s["eval_batch_size"], limit, generator=state.generator))
+            return accuracy_drop(state, batches, mixing)
         x = proxy_batch(run.data, state.generator, s["npp_batch"])
         if criterion == "naswot":
             return naswot_drop(state, x, mixing=mixing)
