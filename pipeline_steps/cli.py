@@ -87,7 +87,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--path", default=None, help="benchmark file for official / nats")
 
     sub.add_parser("check-params", help="validate params/ and print the resolved parameters")
+
+    s = sub.add_parser("protocol", help="per method and stage, the training settings a run would use "
+                                        "(epochs, batch, LR schedule, optimisers, op set, data split)")
+    s.add_argument("--profile", default=None, help="quick | paper (default: profile in params)")
+    s.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides as for snakemake --config, e.g. method.hep_nas.preset=code spaces='[nb201, darts]'")
+    s.add_argument("--methods", nargs="*", default=None, help="default: every method")
+    s.add_argument("--json", action="store_true", help="print JSON rows instead of text")
     return p
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`a.b=value` pairs (values read as YAML) -> a nested dict."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise NasflowError(f"override {item!r} is not KEY=VALUE (e.g. seeds='[0, 1]')")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise NasflowError(f"override {item!r}: {value!r} is not a YAML value") from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = parsed
+    return out
 
 
 def run(args: argparse.Namespace) -> None:
@@ -109,6 +138,16 @@ def run(args: argparse.Namespace) -> None:
         from .config import load_params
 
         print(json.dumps(load_params(args.params_dir), indent=2))
+        return
+    if args.command == "protocol":
+        from .config import load_params
+        from .protocol import format_rows, protocol_rows
+
+        overrides = parse_overrides(args.config)
+        if args.profile:
+            overrides["profile"] = args.profile
+        rows = protocol_rows(load_params(args.params_dir, overrides), methods=args.methods)
+        print(json.dumps(rows, indent=1) if args.json else format_rows(rows))
         return
 
     if args.threads:
