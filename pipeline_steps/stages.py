@@ -89,6 +89,20 @@ def derive(spec: dict, runtime: dict, state_ckpt: Path, out: Path) -> None:
     tracker.finish()
 
 
+def provenance(method: str, runtime: dict, stage_metrics: list[Path]) -> dict:
+    """Where a result came from: profile, commit, protocol generation, and per training stage the
+    device, torch and data it ran on (a ledger record is made of these)."""
+    from .protocol import PROTOCOL_VERSIONS
+
+    stages = [read_json(p) for p in stage_metrics]
+    return {"profile": runtime["profile"], "git_commit": runtime["git_commit"],
+            "protocol_version": PROTOCOL_VERSIONS[method],
+            "device_name": stages[0].get("device_name"), "torch": stages[0].get("torch"),
+            "data_fingerprint": stages[0].get("data_fingerprint"),
+            "stages": [{k: m.get(k) for k in ("stage", "key", "device_name", "torch", "data_fingerprint",
+                                              "captured_step", "wall_time_s")} for m in stages]}
+
+
 def search_wall_time(history: list[dict], index: int) -> dict[str, float]:
     """Measured time per training stage up to the selected record (an early stop ends the search there)."""
     out: dict[str, float] = {}
@@ -130,7 +144,8 @@ def lookup(spec: dict, runtime: dict, arch_file: Path, stage_metrics: list[Path]
     result = {**row, "method": spec["method"], "space": spec["space"], "dataset": spec["dataset"],
               "seed": spec["seed"], "supernet_key": first["key"], "device": first["device"],
               "selected_epoch": arch["epoch"], "trajectories": trajectories,
-              "wall_time_s": wall_times(arch, stage_metrics, lookup=time.perf_counter() - t0)}
+              "wall_time_s": wall_times(arch, stage_metrics, lookup=time.perf_counter() - t0),
+              **provenance(spec["method"], runtime, stage_metrics)}
     tracker.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=0)
     tracker.set_tags({"arch": row["arch_str"]})
     write_json(out, result)
