@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from pipeline_steps.methods import get_method
 from pipeline_steps.methods.darts_pt import candidate_ops, node_edges, op_edges, tuning_epochs
 from pipeline_steps.scores.ostr import OStrStatistics
-from pipeline_steps.scores.perturbation import edge_removal_table, least_important, most_important, op_removal_table
+from pipeline_steps.scores.perturbation import (edge_removal_table, least_important, most_important,
+                                              most_important_k, op_removal_table)
 from pipeline_steps.spaces import get_space
 from pipeline_steps.spaces.darts import EDGE_NODE
 from pipeline_steps.spaces.nb201 import OPS, str_to_ops
@@ -182,7 +183,13 @@ def test_pt_edge_removal_zeroes_the_whole_row(one_thread):
         _, acc = evaluate(state, batches, w, state.active(), train_bn=True)
         assert row["acc"] == pytest.approx(acc)
     rows = [{"edge": 0, "acc": 50.0}, {"edge": 1, "acc": 70.0}, {"edge": 2, "acc": 70.0}]
-    assert least_important(rows, "acc") == 2  # highest ACC\e; the last maximum wins ties, as the code
+    assert least_important(rows, "acc") == 2  # `iterative`: highest ACC\e; the last maximum wins ties
+    # `one_pass`: the two lowest ACC\e (highest loss), the earlier row first on ties
+    rows = [{"acc": 70.0, "loss": 1.0}, {"acc": 50.0, "loss": 2.0}, {"acc": 70.0, "loss": 1.0},
+            {"acc": 50.0, "loss": 2.0}, {"acc": 60.0, "loss": 1.5}]
+    assert most_important_k(rows, "acc", 2) == [1, 3] and most_important_k(rows, "loss", 2) == [1, 3]
+    assert most_important_k(rows, "acc", 4) == [1, 3, 4, 0]
+    assert most_important_k(rows, "acc", 1) == [most_important(rows, "acc")]
 
 
 def test_pt_schedule_matches_the_authors_scripts():
@@ -194,11 +201,12 @@ def test_pt_schedule_matches_the_authors_scripts():
     assert all(0 not in candidate_ops(tiny_state("darts", DARTS), "normal", e) for e in range(14))
 
 
+@pytest.mark.parametrize("topology", ["one_pass", "iterative"])
 @pytest.mark.parametrize("variant", ["darts_pt", "darts_pt_mag"])
-def test_pt_decisions_discretise_ops_then_prune_inputs_to_two(one_thread, variant):
+def test_pt_decisions_discretise_ops_then_prune_inputs_to_two(one_thread, variant, topology):
     state = tiny_state("darts", {**DARTS, "op_set": "s3"})  # RobustDARTS S3: 2 candidates per edge, cheap
     method = get_method(variant)
-    s = {"variant": method.variant, "criterion": "acc"}
+    s = {"variant": method.variant, "criterion": "acc", "topology": topology}
     state.extra["pt"] = {"decisions": []}
     val = [batch(n=8, size=8, seed=6)]
     t = 0
@@ -214,6 +222,7 @@ def test_pt_decisions_discretise_ops_then_prune_inputs_to_two(one_thread, varian
     assert t == 17
     decisions = state.extra["pt"]["decisions"]
     assert [d["type"] for d in decisions] == ["op"] * 28 + ["topology"] * 6
+    assert all(d["rule"] == topology for d in decisions[28:])
     for kind in ("normal", "reduce"):
         for node in set(EDGE_NODE):
             assert len(node_edges(state, kind, node)) == 2

@@ -10,8 +10,15 @@
                                discretised: only that op stays alive in the mask, so its weight is 1.
                                (DARTS space: one normal and one reduction edge per decision.)
                  topology      (DARTS space, once every edge has its op) a random node with more than
-                               two inputs; while it has more than two, drop the input whose removal
-                               hurts least, argmax ACC\\e (iterative elimination, as the code).
+                               two inputs. `topology: one_pass` (default; the paper's Algorithm 2 and
+                               what the authors' `project_edge` computes, since its rounds never mask
+                               an input): score every input once on the unchanged network, ACC\\e =
+                               validation accuracy with row e of theta := 0, and keep the two whose
+                               removal hurts most (lowest ACC\\e, or highest loss; the earlier input
+                               wins ties); the others are masked. `topology: iterative`:
+                               while the node has more than two inputs, drop the one whose removal
+                               hurts least (argmax ACC\\e, the last maximum on ties) and mask it before
+                               the remaining inputs are scored again.
                Each tuning step is an alpha step then a weight step (weights only for fix-alpha).
                tune_epochs = proj_intv * (decisions - 1), + 1 on the DARTS space (the code's count),
                so the last decision gets one tuning epoch.
@@ -26,12 +33,24 @@ import sys
 
 import torch
 
+from ..errors import NasflowError
 from ..spaces.darts import EDGE_NODE
 from ..supernet import SupernetState
-from ..scores.perturbation import edge_removal_table, least_important, most_important, op_removal_table
+from ..scores.perturbation import (edge_removal_table, least_important, most_important, most_important_k,
+                                   op_removal_table)
 from .base import Method
 
 VARIANTS = ("pt", "fix_alpha", "mag")
+TOPOLOGY_RULES = ("one_pass", "iterative")  # the first is the default
+
+
+def topology_rule(settings: dict) -> str:
+    """The DARTS-space input-selection rule of `settings` (`topology`, default one_pass)."""
+    rule = settings.get("topology", TOPOLOGY_RULES[0])
+    if rule not in TOPOLOGY_RULES:
+        raise NasflowError(f"invalid parameter method.darts_pt.topology = {rule!r}: valid values are "
+                           f"{', '.join(TOPOLOGY_RULES)}")
+    return rule
 
 
 class DartsPT(Method):
@@ -42,6 +61,9 @@ class DartsPT(Method):
         assert variant in VARIANTS
         self.variant = variant
 
+    def check(self, cfg: dict) -> None:
+        topology_rule(self.params(cfg))
+
     def supernet_mode(self, cfg: dict) -> str:
         return "fixed_alpha" if self.variant == "fix_alpha" else "bilevel"
 
@@ -51,10 +73,13 @@ class DartsPT(Method):
     def stage_settings(self, cfg: dict, space: str, stage: str) -> dict:
         p = self.params(cfg)
         search = {**cfg["search"], **self.preset(cfg, space).get("search", {})}
-        return {"variant": self.variant, "proj_intv": p["proj_intv"], "criterion": p["criterion"],
-                "tune_lr": p["tune_lr"], "tune_lr_min": p["tune_lr_min"], "tune_schedule": p["tune_schedule"][space],
-                "momentum": search["momentum"], "weight_decay": search["weight_decay"],
-                "eval_batch_size": p["eval_batch_size"] or search["batch_size"]}
+        s = {"variant": self.variant, "proj_intv": p["proj_intv"], "criterion": p["criterion"],
+             "tune_lr": p["tune_lr"], "tune_lr_min": p["tune_lr_min"], "tune_schedule": p["tune_schedule"][space],
+             "momentum": search["momentum"], "weight_decay": search["weight_decay"],
+             "eval_batch_size": p["eval_batch_size"] or search["batch_size"]}
+        if space == "darts":  # NB201 has no topology step: its settings (and stage key) stay as they are
+            s["topology"] = topology_rule(p)
+        return s
 
     # ----------------------------------------------------------------- select stage
     def prepare_stage(self, stage: str, state: SupernetState, s: dict) -> None:
@@ -113,18 +138,43 @@ class DartsPT(Method):
         return {"type": "op", "edge": edge, "table": table, "chosen": state.space.ops[chosen]}
 
     def decide_topology(self, state: SupernetState, val, kind: str, node: int, s: dict) -> dict:
+        """Keep two inputs of `node` and mask the others (rule: `topology` of the settings)."""
+        if topology_rule(s) == "iterative":
+            return self.decide_topology_iterative(state, val, kind, node, s)
+        edges = node_edges(state, kind, node)
+        if s["variant"] == "mag":  # the chosen op's share of softmax(alpha) on each input
+            table = edge_weight_table(state, kind, edges)
+            top2 = sorted(range(len(edges)), key=lambda i: (-table[i]["weight"], i))[:2]
+        else:  # every input scored on the same, unchanged network
+            table = edge_removal_table(state, val, kind, edges)
+            top2 = most_important_k(table, s["criterion"], 2)
+        keep = {edges[i] for i in top2}
+        dropped = [e for e in edges if e not in keep]
+        for e in dropped:
+            state.mask[kind][e] = False
+        return {"type": "topology", "rule": "one_pass", "node": node, "table": table, "dropped": dropped,
+                "kept": node_edges(state, kind, node)}
+
+    def decide_topology_iterative(self, state: SupernetState, val, kind: str, node: int, s: dict) -> dict:
+        """Backward elimination: drop the least important input, mask it, score the rest again."""
         rounds = []
         while len(edges := node_edges(state, kind, node)) > 2:
-            if s["variant"] == "mag":  # the chosen op's share of softmax(alpha) on each input
-                theta = torch.softmax(state.alpha[kind].detach().cpu(), dim=-1)
-                table = [{"edge": e, "weight": float((theta[e] * state.mask[kind][e]).max())} for e in edges]
+            if s["variant"] == "mag":
+                table = edge_weight_table(state, kind, edges)
                 drop = min(range(len(edges)), key=lambda i: (table[i]["weight"], -i))
             else:
                 table = edge_removal_table(state, val, kind, edges)
                 drop = least_important(table, s["criterion"])
             state.mask[kind][edges[drop]] = False
             rounds.append({"table": table, "dropped": edges[drop]})
-        return {"type": "topology", "node": node, "rounds": rounds, "kept": node_edges(state, kind, node)}
+        return {"type": "topology", "rule": "iterative", "node": node, "rounds": rounds,
+                "kept": node_edges(state, kind, node)}
+
+
+def edge_weight_table(state: SupernetState, kind: str, edges: list[int]) -> list[dict]:
+    """PT-Mag's edge strength: the largest alive share of softmax(alpha) on each input."""
+    theta = torch.softmax(state.alpha[kind].detach().cpu(), dim=-1)
+    return [{"edge": e, "weight": float((theta[e] * state.mask[kind][e]).max())} for e in edges]
 
 
 # --------------------------------------------------------------------------- what is still undecided

@@ -2,7 +2,8 @@
 one op, or one whole edge, taken out; nothing is renormalised and every other row stays as it is.
 
   ACC\\o(e) = Acc_val(supernet with theta[e, o] := 0)       op strength: removing o hurts most
-  ACC\\e    = Acc_val(supernet with theta[e, :] := 0)       edge strength (DARTS-space topology)
+  ACC\\e    = Acc_val(supernet with theta[e, :] := 0)       edge strength (DARTS-space topology:
+                                                            every input scored on the same network)
 
 An op with weight 0 contributes nothing, so it is also left out of the forward pass (same output,
 less work). Evaluation is under no_grad with train-mode BN over the batches given (the whole
@@ -62,6 +63,16 @@ def most_important(rows: list[dict], criterion: str) -> int:
     if criterion == "acc":
         return min(range(len(rows)), key=lambda i: (rows[i]["acc"], i))
     return min(range(len(rows)), key=lambda i: (-rows[i]["loss"], i))
+
+
+def most_important_k(rows: list[dict], criterion: str, k: int) -> list[int]:
+    """The k rows whose removal hurts most, the most harmful first: ascending accuracy (`acc`) or
+    descending loss (`loss`); the earlier row wins ties, as in `most_important`."""
+    if criterion == "acc":
+        order = sorted(range(len(rows)), key=lambda i: (rows[i]["acc"], i))
+    else:
+        order = sorted(range(len(rows)), key=lambda i: (-rows[i]["loss"], i))
+    return order[:k]
 
 
 def least_important(rows: list[dict], criterion: str) -> int:
