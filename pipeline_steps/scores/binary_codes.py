@@ -153,6 +153,10 @@ def capture_edge_kernels(model: nn.Module, x: torch.Tensor, forward: Callable[[t
                   op); ops without a ReLU (skip, pools) then produce no codes.
     Only ops the forward calls are seen: masked ops never run and `none` is skipped by the cells
     (and excluded here too), so neither contributes. If no op yields codes the result is empty.
+    Every op the forward calls counts, including one whose output reaches the logits only through
+    `none` edges (an edge into a node whose outgoing edges are all `none`). That is NASWOT's
+    backward-reach rule (`visited_backwards`) on the reference networks, where `none` is
+    `x.mul(0.)` and the backward pass goes through it.
     """
     if code_source not in CODE_SOURCES:
         raise ValueError(f"unknown code source {code_source!r}; valid: {', '.join(CODE_SOURCES)}")

@@ -12,7 +12,9 @@ theta = softmax(alpha) under `softmax` (pass `weights` to score with decayed the
 removal zeroes one weight and renormalises nothing (METHODS.md 4.3).
 
 All scores use batch statistics in BN (train mode, as NASWOT and the search codes), no grad, and
-leave the model's mode and BN running statistics as they were.
+leave the model's mode and BN running statistics as they were. Every op and ReLU the forward calls
+contributes, including one that reaches the logits only through `none` edges. NASWOT's backward
+pass reaches those in the reference networks, where `none` is `x.mul(0.)` (see naswot_score).
 """
 from __future__ import annotations
 
@@ -45,10 +47,23 @@ def naswot_score(model: nn.Module, x: torch.Tensor, forward: Callable[[torch.Ten
     Follows the authors' code (BayesWatch/nas-without-training, score_networks.py, score
     `hook_logdet`), not a paraphrase: every call of every ReLU adds, for the binary code
     x = 1[ReLU *input* > 0] flattened per sample, x x^T + (1 - x)(1 - x)^T = L - Hamming to K, and
-    the score is slogdet(K)[1] = log|det K| in float64. The reference counts a ReLU once a backward
-    pass has reached it (a forward-backward, then a second forward that accumulates); every ReLU on
-    the path to the output is reached, so one no-grad forward gives the same K. Like the reference
-    the network stays in train mode (BN batch statistics).
+    the score is slogdet(K)[1] = log|det K| in float64. Like the reference the network stays in
+    train mode (BN batch statistics).
+
+    The reference counts a ReLU only if a backward pass has reached it (`visited_backwards`: a
+    forward, `y.backward(ones_like(y))` on the logits, then a second forward that accumulates). Its
+    networks keep `none` in the autograd graph as `x.mul(0.)`, and the backward goes through it
+    (with a zero gradient), so it reaches every ReLU the forward calls. That includes an NB201
+    cell whose node 1 feeds only `none` edges: the ReLUs of the ops into node 1 count. The
+    supernet cells skip `none` instead. That removes the path from the autograd graph, but the
+    reference still counts those ReLUs. So counting every ReLU the forward calls, in one no-grad
+    forward, gives the reference's K. A backward pass through the supernet's own graph would drop
+    them and give a different score.
+
+    The reference picks the modules to hook by type name ('ReLU' in str(type(module))). In its
+    NB201 and DARTS code that also matches the ReLUConvBN class, so each ReLUConvBN input is
+    counted a second time. Here only nn.ReLU modules count (METHODS.md 4.3: one code per ReLU
+    input).
 
     forward: how to call the model (default `model(x)`; a supernet needs its weights and mask).
     relus:   which ReLU modules to hook (default: every nn.ReLU in `model`).
