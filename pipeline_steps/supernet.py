@@ -49,7 +49,8 @@ class SupernetState:
         mask = self.mask[kind]
         cached = self._device_masks.get(kind)
         if cached is None or cached[1].device != torch.device(device) or not torch.equal(cached[0], mask):
-            cached = (mask.clone(), mask.to(device, non_blocking=True))
+            # copy=True: on the CPU .to() would hand back the live mask, which later in-place edits change
+            cached = (mask.clone(), mask.to(device, non_blocking=True, copy=True))
             self._device_masks[kind] = cached
         return cached[1]
 
