@@ -88,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("check-params", help="validate params/ and print the resolved parameters")
 
+    s = sub.add_parser("ledger", help="records of finished paper-profile NAS-Bench-201 GPU runs, kept in git")
+    ledger = s.add_subparsers(dest="ledger_command", required=True)
+    a = ledger.add_parser("add", help="turn finished runs into ledger records (runs not eligible are skipped, "
+                                      "or refused when named explicitly)")
+    a.add_argument("--results", default="results", type=Path, help="results directory (default: results)")
+    a.add_argument("--methods", nargs="+", default=None, help="default: every method with runs in results/")
+    a.add_argument("--seeds", nargs="+", type=int, default=None, help="default: every seed with runs in results/")
+    a.add_argument("--dataset", default="cifar10", help="the search dataset (default: cifar10)")
+    a.add_argument("--ledger", default="ledger", type=Path, help="ledger directory (default: ledger)")
+    a = ledger.add_parser("show", help="print the ledger: one line per record, stale ones marked")
+    a.add_argument("--ledger", default="ledger", type=Path, help="ledger directory (default: ledger)")
+
     s = sub.add_parser("protocol", help="per method and stage, the training settings a run would use "
                                         "(epochs, batch, LR schedule, optimisers, op set, data split)")
     s.add_argument("--profile", default=None, help="quick | paper (default: profile in params)")
@@ -138,6 +150,15 @@ def run(args: argparse.Namespace) -> None:
         from .config import load_params
 
         print(json.dumps(load_params(args.params_dir), indent=2))
+        return
+    if args.command == "ledger":
+        from .ledger import add_runs, format_ledger, load_ledger
+
+        if args.ledger_command == "add":
+            for line in add_runs(args.results, args.ledger, args.dataset, args.methods, args.seeds):
+                print(line)
+        else:
+            print(format_ledger(load_ledger(args.ledger)))
         return
     if args.command == "protocol":
         from .config import load_params

@@ -124,6 +124,10 @@ class Plan:
             return []
         return [RANKING_FILE.format(**r) for r in self.runs() if r["space"] == "nb201"]
 
+    def ledger_files(self) -> list[str]:
+        """The committed records of reproduced runs the report shows (an input: a new one re-runs it)."""
+        return sorted(str(p.relative_to(self.project_dir)) for p in (self.project_dir / "ledger").rglob("*.json"))
+
     def report_spec(self) -> dict:
         """Every run the report expects (a missing one is shown as missing, not averaged over), and
         the papers' numbers it compares against."""

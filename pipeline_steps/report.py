@@ -21,6 +21,12 @@ RETRAIN_COLUMNS = ["test_error", "test_acc", "params_m", "flops_m"]
 NOT_SEARCH = ("lookup", "retrain")  # stages after the search; their time is not search cost
 
 
+def search_cost_s(wall_time_s: dict[str, float]) -> float:
+    """Search cost in seconds: every training stage the result rests on (up to an early stop) plus
+    derive; the lookup and the retraining come after the search."""
+    return float(sum(t for stage, t in wall_time_s.items() if stage not in NOT_SEARCH))
+
+
 def runs_table(result_files: list[str | Path], profile: str = "") -> pd.DataFrame:
     rows = []
     for f in result_files:
@@ -30,8 +36,7 @@ def runs_table(result_files: list[str | Path], profile: str = "") -> pd.DataFram
         row["arch"] = r.get("arch_str", r.get("arch"))
         row.update({k: r[k] for k in (*METRICS, "rank", *RETRAIN_COLUMNS, "selected_epoch") if k in r})
         row.update({f"wall_{stage}_s": t for stage, t in r["wall_time_s"].items()})
-        # search = every training stage the result rests on (up to an early stop) plus derive
-        row["search_cost_h"] = sum(t for stage, t in r["wall_time_s"].items() if stage not in NOT_SEARCH) / 3600
+        row["search_cost_h"] = search_cost_s(r["wall_time_s"]) / 3600
         row["result_file"] = str(f)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -175,16 +180,24 @@ def to_html(markdown_text: str, title: str) -> str:
            f"<body>{body}</body></html>\n"
 
 
-def report(spec: dict, runtime: dict, results_dir: Path, paper: dict | None = None) -> None:
+def report(spec: dict, runtime: dict, results_dir: Path, paper: dict | None = None,
+           ledger_dir: str | Path | None = None) -> None:
+    """REPORT.md/.html over the finished runs in results/, and the NAS-Bench-201 reproductions
+    recorded in the ledger (`ledger_dir`, else spec's `ledger`, else ledger/ where it runs)."""
+    from .ledger import load_ledger
+    from .report_ledger import ledger_markdown
     from .reproduction import load_paper_results
 
+    ledger_dir = Path(ledger_dir if ledger_dir is not None else spec.get("ledger", "ledger"))
+    records = load_ledger(ledger_dir)
     expected = spec.get("expected") or [{"file": f} for f in spec["results"]]
     existing = [e["file"] for e in expected if Path(e["file"]).exists()]
     runs = runs_table(existing, spec["profile"])
     paper = paper if paper is not None else spec.get("paper") or load_paper_results()
     sections = [f"# nasflow report (profile `{spec['profile']}`)", ""]
     if spec["profile"] != "paper":
-        sections += [f"Profile `{spec['profile']}`: reduced scale, not a reproduction of the papers' numbers.", ""]
+        sections += [f"Profile `{spec['profile']}`: the runs in results/ are at reduced scale, not a reproduction of "
+                     "the papers' numbers (the ledger's paper-profile records are).", ""]
     sections += missing_lines([e for e in expected if "method" in e])
     metrics, written = {}, []
     for space in spec["spaces"]:
@@ -192,8 +205,9 @@ def report(spec: dict, runtime: dict, results_dir: Path, paper: dict | None = No
         counts = expected_seeds([e for e in expected if "method" in e], space)
         with atomic_path(results_dir / space / "summary.parquet") as tmp:
             space_runs.drop(columns="result_file", errors="ignore").to_parquet(tmp, index=False)
+        ledger_text = ledger_markdown(records, paper, str(ledger_dir)) if space == "nb201" else []
         if space_runs.empty:
-            sections += [f"## {space}: no finished runs", ""]
+            sections += [f"## {space}: no finished runs", "", *ledger_text]
             continue
         columns = list(METRICS) if space == "nb201" else RETRAIN_COLUMNS
         if space == "nb201":
@@ -205,8 +219,9 @@ def report(spec: dict, runtime: dict, results_dir: Path, paper: dict | None = No
         with atomic_path(results_dir / space / "reproduction.parquet") as tmp:
             repro.to_parquet(tmp, index=False)
         if not repro.empty:
-            text += [f"### Reproduction ({space}): the papers' numbers beside ours", "",
+            text += [f"### Reproduction ({space}): the papers' numbers beside the runs in results/", "",
                      *reproduction_markdown(repro[repro["n_seeds"] > 0], LABELS), ""]
+        text += ledger_text
         space_figures = figures(space, space_runs, results_dir)
         text += [f"![{p.stem}]({_relative(p, results_dir)})" for p in space_figures] + [""]
         written += space_figures
@@ -215,6 +230,8 @@ def report(spec: dict, runtime: dict, results_dir: Path, paper: dict | None = No
         metrics[space] = {f"{r['method']}/{r['dataset']}": {**{c: r[f"{c}_mean"] for c in columns},
                                                            "n_seeds": int(r["n_seeds"])}
                           for _, r in summary_table(space_runs, columns).iterrows()}
+    if "nb201" not in spec["spaces"] and not records.empty:
+        sections += ["## NAS-Bench-201", "", *ledger_markdown(records, paper, str(ledger_dir))]
     markdown_text = "\n".join(sections)
     write_text(results_dir / "REPORT.md", markdown_text)
     write_text(results_dir / "REPORT.html", to_html(markdown_text, "nasflow report"))

@@ -89,11 +89,13 @@ def _num(x, fmt="{:.2f}") -> str:
     return "-" if _missing(x) else fmt.format(x)
 
 
-def reproduction_markdown(table: pd.DataFrame, labels: dict[str, str]) -> list[str]:
+def reproduction_markdown(table: pd.DataFrame, labels: dict[str, str],
+                          extra: tuple[tuple[str, str], ...] = ()) -> list[str]:
+    """The table as markdown; `extra` adds (header, column) pairs after the verdict."""
     if table.empty:
         return []
     head = ["Method", "Searched on", "Metric", "Paper", "Ours", "Seeds (ours / paper)", "Difference", "Tolerance",
-            "Verdict"]
+            "Verdict", *(h for h, _ in extra)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         paper = _num(r["paper_mean"]) + ("" if _missing(r["paper_std"]) else f"±{_num(r['paper_std'])}")
@@ -101,5 +103,5 @@ def reproduction_markdown(table: pd.DataFrame, labels: dict[str, str]) -> list[s
         seeds = f"{r['n_seeds']} / {'?' if _missing(r['paper_seeds']) else int(r['paper_seeds'])}"
         lines.append("| " + " | ".join([r["method"], r["searched_on"], labels.get(r["metric"], r["metric"]), paper,
                                          ours, seeds, _num(r["difference"], "{:+.2f}"), f"±{r['tolerance']:.2f}",
-                                         r["verdict"]]) + " |")
+                                         r["verdict"], *(str(r[c]) for _, c in extra)]) + " |")
     return lines

@@ -5,6 +5,7 @@ rule report:
     input:
         results=PLAN.report_spec()["results"],
         ranking=PLAN.ranking_files(),
+        ledger=PLAN.ledger_files(),
     output:
         report="results/REPORT.md",
         html="results/REPORT.html",
