@@ -129,9 +129,10 @@ def guide_logits(guide: SupernetState, x: torch.Tensor, mixing: str = "softmax")
 
 
 def smd_weight_step(state: SupernetState, data: SearchData, s: SMDSettings, stats: StepStats) -> None:
-    """train.weight_step with the SMD loss: guides score the same D_tr batch, the student's weights
+    """train.weight_step with the SMD loss: the student's next D_tr batch (drawn through its own
+    generator, so siblings see different batches), scored by the guides too; the student's weights
     take one clipped SGD step. `stats` records the SMD loss."""
-    x, y = data.train_batch(state.generator)
+    x, y = data.train_batch(state)
     use_teacher = uses_teacher(s.guidance) and s.teacher is not None
     teacher_logits = guide_logits(s.teacher, x, s.mixing) if use_teacher else None
     sibling_logits = [guide_logits(g, x, s.mixing) for g in s.siblings] if uses_siblings(s.guidance) else []
@@ -161,10 +162,10 @@ def smd_epoch(children: Sequence[SupernetState], teacher: SupernetState | None, 
               settings: SMDSettings, update_alpha: bool, hooks: Iterable[Hook] = (),
               progress: bool = False) -> list[dict[str, float]]:
     """One round robin of SMD (Algorithm 1, line 9): child 1 trains one epoch, then child 2, ...
-    Each child is guided by the teacher and by its siblings as they are at that moment (those
-    before it already trained this round). Each child steps its own optimizers and scheduler and
-    advances its own epoch counter. `update_alpha` is the caller's warm-up decision for this
-    round's epoch label. Returns one train_epoch record per child."""
+    Each child reads its own batches and is guided, on them, by the teacher and by its siblings
+    as they are at that moment (those before it already trained this round). Each child steps its
+    own optimizers and scheduler and advances its own epoch counter. `update_alpha` is the
+    caller's warm-up decision for this round's epoch label. Returns one train_epoch record per child."""
     if uses_teacher(settings.guidance) and teacher is None:
         raise NasflowError(f"SMD guidance {settings.guidance!r} needs the previous optimum as teacher")
     mode = "smd" if update_alpha else "smd_fixed_alpha"

@@ -10,13 +10,18 @@ sum_{pairs inside G} Dbar + sum_{pairs inside O\\G} Dbar, over a fixed family of
   darts  every subset G with 2 <= |G| <= floor(|O|/2).
 With fixed group sizes (nb201) both objectives pick the same split, since GM = 1 - Dbar.
 Ties keep the first candidate in enumeration order (sizes ascending, then lexicographic).
+Every op the distance matrix holds takes part, `none` included: the group sizes follow from |O|.
+
+Each child draws its own batches, as the authors' sub-supernets iterate their own data loaders:
+its generator is seeded from (run seed, split level, child index) through `child_seed`, so a run
+(and a resumed run) gives every child the same stream again.
 """
 from __future__ import annotations
 
 import copy
 import itertools
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -67,10 +72,12 @@ def within_group_distance(distance: torch.Tensor, group: Sequence[int]) -> float
     return float(sum(distance[i, j] for i, j in itertools.combinations(group, 2)))
 
 
-def min_cut_split(distance: torch.Tensor, rule: str, ops: Sequence[int] | None = None) -> tuple[Groups, float]:
+def min_cut_split(distance: torch.Tensor, rule: str, ops: Sequence[int] | None = None,
+                  not_alone: Collection[int] = ()) -> tuple[Groups, float]:
     """Exhaustive two-group split of one edge: the candidate G minimising the within-group distance
     of G plus that of its complement. Returns ((G, O\\G), cost), groups as entries of `ops`
-    (default: matrix positions)."""
+    (default: matrix positions). Splits that leave an op of `not_alone` (entries of `ops`) alone
+    in a group are not candidates (only reachable with 2..3 ops under the darts rule)."""
     n = distance.shape[0]
     if distance.shape != (n, n):
         raise NasflowError(f"a distance matrix must be square, got shape {tuple(distance.shape)}")
@@ -82,18 +89,22 @@ def min_cut_split(distance: torch.Tensor, rule: str, ops: Sequence[int] | None =
     best_cost = float("inf")
     for group in candidate_groups(n, rule):
         rest = tuple(i for i in range(n) if i not in group)
+        if any(len(g) == 1 and ops[g[0]] in not_alone for g in (group, rest)):
+            continue
         cost = within_group_distance(d, group) + within_group_distance(d, rest)
         if cost < best_cost:               # strict: the first minimum wins ties, as in the code
             best, best_cost = (group, rest), cost
-    assert best is not None
+    if best is None:
+        raise NasflowError(f"no admissible two-group split of the ops {ops}: "
+                           f"{sorted(not_alone)} may not be left alone in a group")
     return (tuple(ops[i] for i in best[0]), tuple(ops[i] for i in best[1])), best_cost
 
 
-def split_edges(distances: Sequence[EdgeDistances], rule: str) -> list[EdgeSplit]:
+def split_edges(distances: Sequence[EdgeDistances], rule: str, not_alone: Collection[int] = ()) -> list[EdgeSplit]:
     """The min-cut split of every edge whose distance matrix is given."""
     splits = []
     for d in distances:
-        groups, cost = min_cut_split(d.distance, rule, d.ops)
+        groups, cost = min_cut_split(d.distance, rule, d.ops, not_alone)
         splits.append(EdgeSplit(d.cell_type, d.edge, groups, cost))
     return splits
 
@@ -162,6 +173,26 @@ def split_plan(space: Space, granularity: str = "hierarchy", order: str = "node"
 
 # --------------------------------------------------------------------------- children
 
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """One SplitMix64 step: a bijective, well-mixing map of 64-bit integers."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def child_seed(seed: int, level: int, index: int) -> int:
+    """The generator seed of child `index` of split level `level` in the run seeded `seed`:
+    SplitMix64 folded over the three integers (pure integer arithmetic, the same in every process
+    and on every platform; distinct inputs give unrelated streams)."""
+    x = 0
+    for value in (seed, level, index):
+        x = _splitmix64(x ^ (int(value) & _MASK64))
+    return x
+
 
 def children_masks(parent_mask: dict[str, torch.Tensor],
                    splits: Sequence[EdgeSplit]) -> list[dict[str, torch.Tensor]]:
@@ -186,11 +217,14 @@ def children_masks(parent_mask: dict[str, torch.Tensor],
     return masks
 
 
-def spawn_child(parent: SupernetState, mask: dict[str, torch.Tensor]) -> SupernetState:
+def spawn_child(parent: SupernetState, mask: dict[str, torch.Tensor],
+                generator_seed: int | None = None) -> SupernetState:
     """A full deep copy of `parent` (weights and BN statistics, alpha, both optimizers with their
     moments, scheduler, generator state, epoch, history) with its mask replaced by `mask`.
     The copy is taken in one pass, so the child's optimizers and scheduler point at the child's
-    own tensors. Each child gets its own copy of the generator, so siblings draw the same batches."""
+    own tensors. With `generator_seed` the child's generator is reseeded with it and the child
+    begins its own pass over D_tr at its first batch (its own data loader); without it the child
+    continues the parent's stream (an exact copy)."""
     if set(mask) != set(parent.mask):
         raise NasflowError(f"child mask cell types {sorted(mask)} differ from the parent's {sorted(parent.mask)}")
     for k, m in mask.items():
@@ -201,9 +235,20 @@ def spawn_child(parent: SupernetState, mask: dict[str, torch.Tensor]) -> Superne
     # scheduler never stepped gets one harmless warning at its first scheduler step
     child = copy.deepcopy(parent)
     child.mask = {k: m.detach().clone().bool().to(parent.mask[k].device) for k, m in mask.items()}
+    if generator_seed is not None:
+        child.generator.manual_seed(generator_seed)
+        train_pass = getattr(child, "train_pass", None)
+        if train_pass is not None:          # what the parent left of its pass is not the child's
+            child.train_pass = type(train_pass)()
     return child
 
 
-def spawn_children(parent: SupernetState, splits: Sequence[EdgeSplit]) -> list[SupernetState]:
-    """The 2^len(splits) children of one split level, in children_masks order."""
-    return [spawn_child(parent, mask) for mask in children_masks(parent.mask, splits)]
+def spawn_children(parent: SupernetState, splits: Sequence[EdgeSplit], *, seed: int | None = None,
+                   level: int = 0) -> list[SupernetState]:
+    """The 2^len(splits) children of one split level, in children_masks order; child m draws its
+    batches from its own generator, seeded child_seed(seed, level, m). `seed` is the run seed
+    (None: the seed the parent's generator was started from)."""
+    if seed is None:
+        seed = parent.generator.initial_seed()
+    return [spawn_child(parent, mask, child_seed(seed, level, m))
+            for m, mask in enumerate(children_masks(parent.mask, splits))]

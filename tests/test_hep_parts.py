@@ -217,7 +217,7 @@ def test_spawned_child_is_a_deep_copy_with_its_own_mask(nb201_parent):
 def test_a_child_trains_independently_of_its_siblings_and_teacher(data, nb201_parent):
     parent = nb201_parent
     split = EdgeSplit("cell", 0, ((0, 1), (2, 3, 4)), 0.0)
-    first, second = spawn_children(parent, [split])
+    first, second = spawn_children(parent, [split], seed=0, level=1)
     assert first.active()["cell"][0] == [0, 1] and second.active()["cell"][0] == [2, 3, 4]
     teacher_before, sibling_before, first_before = snapshot(parent), snapshot(second), snapshot(first)
     settings = SMDSettings(guidance="both", teacher=parent, siblings=(second,))
@@ -278,7 +278,7 @@ def test_smd_without_guidance_is_the_plain_training_step(data, nb201_parent):
 
 def test_smd_epoch_is_a_round_robin_over_current_siblings(data, nb201_parent, monkeypatch):
     parent = nb201_parent
-    children = spawn_children(parent, [EdgeSplit("cell", 1, ((0, 4), (1, 2, 3)), 0.0)])
+    children = spawn_children(parent, [EdgeSplit("cell", 1, ((0, 4), (1, 2, 3)), 0.0)], seed=0, level=2)
     start = parent.epoch
     seen: list[tuple[int, int]] = []        # (guide asked for logits, its epoch counter then)
     real = distill.guide_logits
@@ -348,7 +348,7 @@ def test_gradient_matching_equals_hand_computed_cosine_distance(data, nb201_pare
     generator = torch.Generator().manual_seed(9)
     expected = torch.zeros(len(result.ops), len(result.ops), dtype=torch.float64)
     for _ in range(repeats):
-        x, y = data.train_batch(generator)
+        x, y = data.random_train_batch(generator)
         vectors = []
         for op in result.ops:
             theta_o = {k: w.clone() for k, w in theta.items()}
@@ -367,7 +367,7 @@ def test_gradient_matching_equals_hand_computed_cosine_distance(data, nb201_pare
 
 
 def test_raw_cosine_distance_of_an_op_with_itself_is_zero(data, nb201_parent):
-    x, y = data.train_batch(torch.Generator().manual_seed(1))
+    x, y = data.random_train_batch(torch.Generator().manual_seed(1))
     raw = cosine_distances(op_gradients(nb201_parent, x, y, "cell", 2, list(range(5)), hard=False))
     torch.testing.assert_close(raw.diagonal(), torch.zeros(5, dtype=torch.float64), rtol=0, atol=1e-4)
     torch.testing.assert_close(raw, raw.T)

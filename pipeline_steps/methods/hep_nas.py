@@ -10,7 +10,8 @@ METHODS.md 2), Algorithm 1 as one cached stage per hierarchy:
                  partition  per edge e in h_k the gradient-matching distances Dbar_e over R D_tr
                             batches and the min-cut split into (G_e, O\\G_e) (logged)
                  spawn      2^|h_k| children, one per element of prod_e {G_e, O\\G_e}, each a full
-                            deep copy of M_opt^(k-1) with its mask ANDed
+                            deep copy of M_opt^(k-1) with its mask ANDed and its own batch
+                            stream (generator seeded from run seed, level and child index)
                  SMD        E_smd(k) round robins: child 1 trains one epoch, then child 2, ...
                             with CE + KL to the frozen teacher M_opt^(k-1) + the mean KL to the
                             siblings; alpha is updated unless the epoch label
@@ -26,8 +27,17 @@ METHODS.md 2), Algorithm 1 as one cached stage per hierarchy:
 
 A kill resumes at the level it hit: finished levels are cached stages; inside a level the
 partition, the children after every SMD epoch and the continue epochs are checkpointed.
-On the DARTS space `none` is never split off: it stays alive in both groups (the authors' op
-set has no `none`, and a child left with `none` alone on an edge could not be parsed).
+
+`none` takes part in the gradient matching and the min-cut like any op (group sizes follow from
+|O|: 2..4 ops in G with the 8-op DARTS set). On the DARTS space a split never leaves `none` alone
+on an edge (the parse could not use that edge; only small op sets such as s3 get that far).
+`keep_none_in_both_groups: true` (method setting, default false) instead leaves `none` out of the
+matching and keeps it alive in both groups.
+
+Settings: the section's keys, with the selected preset's values filling those left null. A preset
+entry may also carry `search` / `space` overrides of the supernet (e.g. `space: {op_set:
+darts_no_none}`), and `batch_size` (one value or per space; null: search.batch_size, or the
+preset's `search.batch_size`) sets the D_tr / D_val batch of the whole lineage.
 """
 from __future__ import annotations
 
@@ -53,24 +63,40 @@ class HEPNas(Method):
 
     # ----------------------------------------------------------------- params
     def settings(self, cfg: dict, space: str) -> dict:
-        """The section with its preset applied (keys set to non-null values win) and per-space values picked."""
+        """The section with its preset applied (keys set to non-null values win) and per-space values
+        picked; `search` and `space` are the preset's supernet overrides ({} when it has none)."""
         section = cfg["method"][self.params_key]
-        preset = section["presets"][section["preset"]][space]
+        preset = dict(section["presets"][section["preset"]].get(space, {}))
+        overrides = {"search": dict(preset.pop("search", None) or {}), "space": dict(preset.pop("space", None) or {})}
         own = {k: v[space] if isinstance(v, dict) and space in v else v for k, v in section.items() if k != "presets"}
-        return {**own, **{k: v for k, v in preset.items() if own.get(k) is None}}
+        own.setdefault("batch_size", None)
+        own.setdefault("keep_none_in_both_groups", False)
+        return {**own, **{k: v for k, v in preset.items() if own.get(k) is None}, **overrides}
 
     def check(self, cfg: dict) -> None:
         for space in cfg["spaces"]:
-            splits = self.settings(cfg, space)["split_epochs"]
+            p = self.settings(cfg, space)
+            splits = p["split_epochs"]
             if any(b <= a for a, b in itertools.pairwise(splits)):
                 raise NasflowError(f"invalid parameter method.hep_nas.split_epochs.{space} = {splits}: "
                                    "the split epochs must increase")
+            batch = p["batch_size"]
+            if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+                raise NasflowError(f"invalid parameter method.hep_nas.batch_size = {batch!r} ({space}): "
+                                   "a positive integer, one per space, or null")
+            if not isinstance(p["keep_none_in_both_groups"], bool):
+                raise NasflowError("invalid parameter method.hep_nas.keep_none_in_both_groups = "
+                                   f"{p['keep_none_in_both_groups']!r}: true or false")
             self.levels(cfg, space)  # raises on a bad granularity, order, level count or cell type
+
+    def space_settings(self, cfg: dict, space: str) -> dict:
+        """The settings of the space this method's supernet is built on (the preset's overrides applied)."""
+        return {**cfg["space"][space], **self.settings(cfg, space)["space"]}
 
     def levels(self, cfg: dict, space: str) -> list[tuple[tuple[str, int], ...]]:
         p = self.settings(cfg, space)
-        return split_plan(get_space(space, cfg["space"][space]), p["granularity"], p["order"], seed=p["order_seed"],
-                          levels=p["hierarchies"], cell_types=p["split_cell_types"])
+        return split_plan(get_space(space, self.space_settings(cfg, space)), p["granularity"], p["order"],
+                          seed=p["order_seed"], levels=p["hierarchies"], cell_types=p["split_cell_types"])
 
     def schedule(self, cfg: dict, space: str) -> dict:
         """Split epochs, SMD and continue epochs per level, and the cosine period of the lineage."""
@@ -92,10 +118,16 @@ class HEPNas(Method):
 
     # ----------------------------------------------------------------- supernet and stages
     def supernet(self, cfg: dict, space: str) -> dict:
-        sched = self.schedule(cfg, space)
-        return {"mode": self.train_mode(cfg, space), "space": {},
-                "search": {"epochs": sched["splits"][0], "lr_period": sched["lr_period"]},
-                "alpha_warmup": self.settings(cfg, space)["alpha_warmup"]}
+        """The preset's `search` / `space` overrides, the method's batch size (every later level
+        reads the same supernet spec, so it holds for SMD, continue training and selection too),
+        the first split epoch and the cosine period."""
+        p, sched = self.settings(cfg, space), self.schedule(cfg, space)
+        search = dict(p["search"])
+        if p["batch_size"] is not None:
+            search["batch_size"] = p["batch_size"]
+        search.update(epochs=sched["splits"][0], lr_period=sched["lr_period"])
+        return {"mode": self.train_mode(cfg, space), "space": dict(p["space"]), "search": search,
+                "alpha_warmup": p["alpha_warmup"]}
 
     def stages(self, cfg: dict, space: str) -> list[str]:
         return [f"h{k + 1}" for k in range(len(self.levels(cfg, space)))]
@@ -104,7 +136,8 @@ class HEPNas(Method):
         p, sched, levels = self.settings(cfg, space), self.schedule(cfg, space), self.levels(cfg, space)
         k = int(stage[1:]) - 1
         return {"level": k + 1, "edges": [list(e) for e in levels[k]], "split_rule": space,
-                "gm_repeats": p["gm_repeats"], "gm_hard": p["gm_hard"], "keep_none_in_both_groups": space == "darts",
+                "gm_repeats": p["gm_repeats"], "gm_hard": p["gm_hard"],
+                "keep_none_in_both_groups": p["keep_none_in_both_groups"],
                 "smd_epochs": sched["smd"][k], "smd_label_start": sched["splits"][k - 1] if k else 0,
                 "continue_epochs": sched["continue"][k], "continue_label_start": sched["splits"][k],
                 "alpha_warmup": p["alpha_warmup"], "continue_mode": self.train_mode(cfg, space),
@@ -139,7 +172,7 @@ class HEPNas(Method):
         splits = [EdgeSplit(p["cell_type"], p["edge"], tuple(tuple(g) for g in p["groups"]), p["within_distance"])
                   for p in log["partition"] if p["split"]]
         teacher = copy.deepcopy(state)  # M_opt^(k-1), never trained again
-        children = spawn_children(state, splits)
+        children = spawn_children(state, splits, seed=run.spec["seed"], level=s["level"])  # own batch streams
         saved = run.resume.with_name("children.pt")
         done, records = self.load_children(run, saved, children)
         val = list(run.data.val_batches(s["eval_batch_size"]))
@@ -175,14 +208,19 @@ class HEPNas(Method):
         print(f"{stage}: kept child {best} of {len(children)} (val acc {final[best]:.2f})", file=sys.stderr, flush=True)
 
     def partition(self, run, s: dict) -> list[dict]:
-        """Dbar_e and the min-cut groups of every edge of the level; edges with fewer than two
-        candidate ops stay whole."""
+        """Dbar_e and the min-cut groups of every edge of the level, over every alive op (`none`
+        included); edges with fewer than two candidate ops stay whole. With
+        `keep_none_in_both_groups`, `none` is left out of the matching and added to both groups."""
         state, space = run.state, run.state.space
         none = space.ops.index("none") if s["keep_none_in_both_groups"] and "none" in space.ops else None
+        # the DARTS parse never picks `none`: an edge left with `none` alone is of no use to a child
+        not_alone = (space.ops.index("none"),) if space.name == "darts" and "none" in space.ops and none is None \
+            else ()
         edges, whole = [], []
         for kind, e in s["edges"]:
             alive = [o for o in torch.nonzero(state.mask[kind][e].cpu()).flatten().tolist() if o != none]
-            (edges if len(alive) >= 2 else whole).append((kind, e))
+            needed = 3 if any(o in not_alone for o in alive) else 2
+            (edges if len(alive) >= needed else whole).append((kind, e))
         original = state.mask
         state.mask = {k: m.clone() for k, m in original.items()}
         if none is not None:
@@ -196,7 +234,7 @@ class HEPNas(Method):
         finally:
             state.mask = original
         out = []
-        for d, split in zip(distances, split_edges(distances, s["split_rule"])):
+        for d, split in zip(distances, split_edges(distances, s["split_rule"], not_alone)):
             groups = split.groups if none is None else tuple(g + (none,) for g in split.groups)
             out.append({"cell_type": d.cell_type, "edge": d.edge, "split": True, "ops": [space.ops[o] for o in d.ops],
                         "distance": d.distance.tolist(), "groups": [list(g) for g in groups],
