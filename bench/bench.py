@@ -70,7 +70,10 @@ class RandomSearchData:
         pick = torch.randperm(len(pool), generator=generator)[: self.batch_size]
         return self.images.batch(pool[pick], generator)
 
-    def train_batch(self, generator: torch.Generator):
+    def train_batch(self, state):
+        return self._sample(self.train_idx, state.generator)
+
+    def random_train_batch(self, generator: torch.Generator):
         return self._sample(self.train_idx, generator)
 
     def val_batch(self, generator: torch.Generator):

@@ -154,8 +154,6 @@ class SearchData:
         """The next batch of `state`'s shuffled pass over D_tr (`for x, y in train_queue`): an epoch
         of `steps_per_epoch` batches sees every training image once. A new pass is drawn from the
         state's generator when the last one is used up; the pass is part of the checkpoint."""
-        if isinstance(state, torch.Generator):  # callers that want an independent random batch
-            return self.random_train_batch(state)
         idx = state.train_pass.next(len(self.train_idx), self.batch_size, state.generator)
         return self.images.batch(self.train_idx[idx], state.generator)
 

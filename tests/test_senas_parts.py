@@ -24,7 +24,8 @@ NODES = spos.edge_nodes("nb201")
 
 def fake_data(steps: int = 4, batch: int = 8) -> SimpleNamespace:
     """Random images: what the SPOS step needs of SearchData."""
-    def train_batch(gen):
+    def train_batch(state):
+        gen = state.generator
         return torch.randn(batch, 3, 8, 8, generator=gen), torch.randint(10, (batch,), generator=gen)
     return SimpleNamespace(steps_per_epoch=steps, train_batch=train_batch)
 

@@ -30,7 +30,8 @@ def toy_data() -> SimpleNamespace:
     images = torch.randn(VAL, 3, 8, 8, generator=gen)
     labels = torch.randint(10, (VAL,), generator=gen)
 
-    def train_batch(g):
+    def train_batch(state):
+        g = state.generator
         return torch.randn(8, 3, 8, 8, generator=g), torch.randint(10, (8,), generator=g)
     return SimpleNamespace(steps_per_epoch=STEPS, train_batch=train_batch, val_idx=torch.arange(VAL),
                            images=SimpleNamespace(batch=lambda idx: (images[idx], labels[idx])))

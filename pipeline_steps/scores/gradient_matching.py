@@ -127,7 +127,7 @@ def gradient_matching_distances(state: SupernetState, data: SearchData, edges: S
                                    "gradient matching needs at least two")
             total = torch.zeros(len(ops), len(ops), dtype=torch.float64)
             for _ in range(repeats):
-                x, y = data.train_batch(generator)
+                x, y = data.random_train_batch(generator)
                 total += cosine_distances(op_gradients(state, x, y, cell_type, edge, ops, hard, mixing)).cpu()
             mean = total / repeats
             mean = (mean + mean.T) / 2            # exact symmetry (the cosine is symmetric up to rounding)
