@@ -100,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     a = ledger.add_parser("show", help="print the ledger: one line per record, stale ones marked")
     a.add_argument("--ledger", default="ledger", type=Path, help="ledger directory (default: ledger)")
 
+    s = sub.add_parser("paper-run", help="paper-profile NB201 searches through Snakemake within a time budget "
+                                         "(stops cleanly; the same command resumes)")
+    s.add_argument("--methods", nargs="+", required=True)
+    s.add_argument("--seeds", nargs="+", type=int, required=True)
+    s.add_argument("--budget", type=float, default=None, help="seconds; then stop (exit 3, resumable)")
+    s.add_argument("--data", default=None, help="CIFAR-10 as an image folder or torchvision files (default: data.root)")
+    s.add_argument("--jobs", type=int, default=1, help="searches at once on the GPU (default 1)")
+    s.add_argument("--cores", type=int, default=None, help="Snakemake --cores (default: all)")
+    s.add_argument("--profile", default="paper", help=argparse.SUPPRESS)
+    s.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="more Snakemake --config overrides")
+
     s = sub.add_parser("protocol", help="per method and stage, the training settings a run would use "
                                         "(epochs, batch, LR schedule, optimisers, op set, data split)")
     s.add_argument("--profile", default=None, help="quick | paper (default: profile in params)")
@@ -160,6 +171,11 @@ def run(args: argparse.Namespace) -> None:
         else:
             print(format_ledger(load_ledger(args.ledger)))
         return
+    if args.command == "paper-run":
+        from .paper_run import paper_run
+
+        raise SystemExit(paper_run(args.methods, args.seeds, args.budget, args.data, args.profile, args.cores,
+                                   args.jobs, args.config))
     if args.command == "protocol":
         from .config import load_params
         from .protocol import format_rows, protocol_rows
