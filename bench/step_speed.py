@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""Time of one NB201 first-order DARTS search epoch (paper settings: C=16, N=5, 25k/25k, 32 px),
+plain step against the captured step and against xautodl's DARTS-V1 search model, side by side in
+one process on one device; and the total throughput of K concurrent searches on one card.
+
+    python bench/step_speed.py [--device cuda|cpu] [--iters N] [--batch 64] [--concurrent 1,2,4,8]
+                               [--threads T] [--no-xautodl]
+
+Prints a Markdown table (stdout); each row names the device and torch it ran on. xautodl is
+optional (`pip install --no-deps xautodl`); its row is left out when it is not installed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline_steps.data import DeviceImages, SearchData  # noqa: E402
+from pipeline_steps.datasets import dataset_info  # noqa: E402
+from pipeline_steps.device import device_name  # noqa: E402
+from pipeline_steps.scores.ostr import OStrStatistics  # noqa: E402
+from pipeline_steps.spaces import get_space  # noqa: E402
+from pipeline_steps.supernet import Optimisation, init_state  # noqa: E402
+from pipeline_steps.train import StepSettings, train_epoch  # noqa: E402
+
+OPS = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
+TRAIN_IMAGES = 25_000  # D_tr of the NB201 search split
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def random_search_data(device: torch.device, batch: int, steps: int, n: int = 2 * TRAIN_IMAGES) -> SearchData:
+    """SearchData (one pass over D_tr per epoch, random D_val batches) over random CIFAR-sized
+    images held on the device; an epoch is cut to `steps` steps."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g).numpy()
+    labels = torch.randint(0, 10, (n,), generator=g).numpy()
+    info = dataset_info("cifar10")
+    data = SearchData.__new__(SearchData)
+    data.images = DeviceImages(images, labels, info.mean, info.std, device, crop_padding=4)
+    data.num_classes, data.batch_size = 10, batch
+    data.train_idx, data.val_idx = torch.arange(n // 2), torch.arange(n // 2, n)
+    data.steps_per_epoch, data.fingerprint = steps, "random"
+    return data
+
+
+def nb201_state(device: torch.device, seed: int = 0):
+    space = get_space("nb201", {"op_order": OPS, "bn_affine": False, "pool_bn": False, "channels": 16,
+                                "cells_per_stage": 5})
+    return init_state(space, 10, Optimisation(epochs=50), seed=seed, device=device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_epochs(device: torch.device, captured: str, batch: int, steps: int, epochs: int = 2) -> list[float]:
+    """Seconds per (cut) epoch through train_epoch, OStr statistics on as in every search."""
+    data = random_search_data(device, batch, steps)
+    state = nb201_state(device)
+    out = []
+    for _ in range(epochs):
+        sync(device)
+        t0 = time.perf_counter()
+        train_epoch(state, data, "bilevel", StepSettings(grad_clip=5.0), hooks=[OStrStatistics()], progress=False,
+                    captured=captured)
+        sync(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def time_xautodl(device: torch.device, batch: int, steps: int) -> float | None:
+    """xautodl's DARTS-V1 (first order) search iteration: weight step, then alpha step, as its
+    train_search loop does; seconds for `steps` iterations after 3 warm-up ones."""
+    try:
+        from xautodl.models.cell_searchs.search_model_darts import TinyNetworkDarts
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    net = TinyNetworkDarts(16, 5, 4, 10, OPS, affine=False, track_running_stats=True).to(device)
+    w_opt = torch.optim.SGD(net.get_weights(), 0.025, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(net.get_alphas(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    data = random_search_data(device, batch, steps)
+    gen = torch.Generator().manual_seed(0)
+
+    class Holder:  # train_batch reads the pass from a state-like object
+        pass
+
+    holder = Holder()
+    holder.generator, holder.train_pass = gen, __import__("pipeline_steps.data", fromlist=["TrainPass"]).TrainPass()
+
+    def step():
+        xb, yb = data.train_batch(holder)
+        xa, ya = data.val_batch(gen)
+        w_opt.zero_grad()
+        _, logits = net(xb)
+        F.cross_entropy(logits, yb).backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5)
+        w_opt.step()
+        a_opt.zero_grad()
+        _, logits = net(xa)
+        F.cross_entropy(logits, ya).backward()
+        a_opt.step()
+
+    net.train()
+    for _ in range(3):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def worker(args) -> None:
+    """One of K concurrent searches: wait for the common start, count captured steps in the window."""
+    device = torch.device(args.device)
+    data = random_search_data(device, args.batch, 10**9)
+    state = nb201_state(device, seed=args.worker_id)
+    from pipeline_steps.captured_step import CapturedStep
+
+    ostr = OStrStatistics()
+    state.model.train()
+    step = CapturedStep(state, "bilevel", "softmax", 5.0, ostr, use_graph=args.captured != "off")
+    for _ in range(6):  # warm-up and capture before the window opens
+        step(data.val_batch(state.generator), data.train_batch(state))
+    sync(device)
+    while time.time() < args.start_at:
+        time.sleep(0.005)
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < args.window:
+        for _ in range(10):
+            step(data.val_batch(state.generator), data.train_batch(state))
+        sync(device)
+        n += 10
+    print(json.dumps({"steps": n, "seconds": time.perf_counter() - t0}))
+
+
+def concurrent(args, k: int) -> float:
+    """Total steps per second of k concurrent processes on one card."""
+    start_at = time.time() + 20 + 2 * k  # every worker has built its data and captured its step by then
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker-id", str(i), "--start-at", str(start_at),
+                               "--window", str(args.window), "--device", args.device, "--batch", str(args.batch),
+                               "--threads", "1"], stdout=subprocess.PIPE, text=True) for i in range(k)]
+    total = 0.0
+    for p in procs:
+        out, _ = p.communicate()
+        r = json.loads(out.strip().splitlines()[-1])
+        total += r["steps"] / r["seconds"]
+    return total
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--iters", type=int, default=None, help="steps per timed epoch (default: a full epoch on CUDA, 4 on CPU)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--concurrent", default="", help="comma-separated K, e.g. 1,2,4,8 (CUDA)")
+    p.add_argument("--window", type=float, default=6.0, help="seconds each concurrent measurement counts")
+    p.add_argument("--no-xautodl", action="store_true")
+    p.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--start-at", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--captured", default="graph", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker_id is not None:
+        worker(args)
+        return
+    device = torch.device(args.device)
+    full = math.ceil(TRAIN_IMAGES / args.batch)
+    steps = args.iters or (full if device.type == "cuda" else 4)
+    where = f"{device_name(device)}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    rows = []
+    log(f"plain step, {steps} steps x 2 epochs on {where}")
+    plain = time_epochs(device, "off", args.batch, steps)
+    log(f"captured step ({'graph' if device.type == 'cuda' else 'eager'})")
+    fast = time_epochs(device, "graph", args.batch, steps)
+    xa = None if args.no_xautodl else time_xautodl(device, args.batch, steps)
+    per_epoch = lambda t: t / steps * full  # noqa: E731
+    rows.append(("NB201 DARTS epoch, plain step", f"{per_epoch(plain[-1]):.2f} s", f"{plain[-1] / steps * 1e3:.2f} ms/step"))
+    rows.append(("NB201 DARTS epoch, captured step", f"{per_epoch(fast[-1]):.2f} s",
+                 f"{fast[-1] / steps * 1e3:.2f} ms/step; first epoch (with capture) {per_epoch(fast[0]):.2f} s"))
+    if xa is not None:
+        rows.append(("NB201 DARTS epoch, xautodl DARTS-V1", f"{per_epoch(xa):.2f} s", f"{xa / steps * 1e3:.2f} ms/step"))
+        rows.append(("speed-up over xautodl: plain / captured", f"{xa / plain[-1]:.2f}x / {xa / fast[-1]:.2f}x",
+                     "same steps, same batches, same device"))
+    rows.append(("captured / plain time ratio", f"{fast[-1] / plain[-1]:.3f}", ""))
+    for k in [int(v) for v in args.concurrent.split(",") if v]:
+        log(f"{k} concurrent searches")
+        rate = concurrent(args, k)
+        rows.append((f"{k} concurrent NB201 searches, captured", f"{rate:.1f} steps/s total",
+                     f"{full / rate * k:.2f} s per epoch each; {rate * 3600 / (full * 50):.1f} 50-epoch searches/h"))
+    print(f"\n{where}; batch {args.batch}; an epoch is {full} steps (25,000 D_tr images)\n")
+    print("| measurement | value | detail |\n|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
