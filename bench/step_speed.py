@@ -84,6 +84,18 @@ def time_epochs(device: torch.device, captured: str, batch: int, steps: int, epo
     return out
 
 
+def agreement(device: torch.device, batch: int, steps: int = 20) -> tuple[float, float, float]:
+    """Plain and captured steps from the same state and batches: the largest differences in alpha,
+    weights and the epoch's training loss (float32; rounding, not a different computation)."""
+    data = random_search_data(device, batch, steps)
+    states = [nb201_state(device), nb201_state(device)]
+    losses = [train_epoch(s, data, "bilevel", StepSettings(grad_clip=5.0), hooks=[OStrStatistics()], progress=False,
+                          captured=c)["train_loss"] for s, c in zip(states, ("off", "graph"))]
+    da = (states[0].alpha["cell"] - states[1].alpha["cell"]).abs().max().item()
+    dw = max((p - q).abs().max().item() for p, q in zip(states[0].model.parameters(), states[1].model.parameters()))
+    return da, dw, abs(losses[0] - losses[1])
+
+
 def time_xautodl(device: torch.device, batch: int, steps: int) -> float | None:
     """xautodl's DARTS-V1 (first order) search iteration: weight step, then alpha step, as its
     train_search loop does; seconds for `steps` iterations after 3 warm-up ones."""
@@ -129,41 +141,49 @@ def time_xautodl(device: torch.device, batch: int, steps: int) -> float | None:
 
 
 def worker(args) -> None:
-    """One of K concurrent searches: wait for the common start, count captured steps in the window."""
+    """One of K concurrent searches: build and capture its step, then count the steps it makes in
+    each phase's window where it takes part (phase k: workers 0 .. k-1)."""
     device = torch.device(args.device)
     data = random_search_data(device, args.batch, 10**9)
     state = nb201_state(device, seed=args.worker_id)
     from pipeline_steps.captured_step import CapturedStep
 
-    ostr = OStrStatistics()
     state.model.train()
-    step = CapturedStep(state, "bilevel", "softmax", 5.0, ostr, use_graph=args.captured != "off")
-    for _ in range(6):  # warm-up and capture before the window opens
+    step = CapturedStep(state, "bilevel", "softmax", 5.0, OStrStatistics(), use_graph=True)
+    for _ in range(6):  # warm-up and capture before the first window opens
         step(data.val_batch(state.generator), data.train_batch(state))
     sync(device)
-    while time.time() < args.start_at:
-        time.sleep(0.005)
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < args.window:
-        for _ in range(10):
-            step(data.val_batch(state.generator), data.train_batch(state))
-        sync(device)
-        n += 10
-    print(json.dumps({"steps": n, "seconds": time.perf_counter() - t0}))
+    rates = {}
+    for k, start in zip(args.phases, args.starts):
+        if args.worker_id >= k:
+            continue
+        while time.time() < start:
+            time.sleep(0.002)
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < args.window:
+            for _ in range(5):
+                step(data.val_batch(state.generator), data.train_batch(state))
+            sync(device)
+            n += 5
+        rates[k] = n / (time.perf_counter() - t0)
+    print(json.dumps(rates))
 
 
-def concurrent(args, k: int) -> float:
-    """Total steps per second of k concurrent processes on one card."""
-    start_at = time.time() + 20 + 2 * k  # every worker has built its data and captured its step by then
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker-id", str(i), "--start-at", str(start_at),
-                               "--window", str(args.window), "--device", args.device, "--batch", str(args.batch),
-                               "--threads", "1"], stdout=subprocess.PIPE, text=True) for i in range(k)]
-    total = 0.0
+def concurrent(args, phases: list[int]) -> dict[int, float]:
+    """Total steps per second of k concurrent processes on one card, for each k in `phases`: the
+    processes start once and take part in the windows in turn."""
+    first = time.time() + args.startup
+    starts = [first + i * (args.window + 1.5) for i in range(len(phases))]
+    common = ["--phases", *map(str, phases), "--starts", *map(str, starts), "--window", str(args.window),
+              "--device", args.device, "--batch", str(args.batch), "--threads", "1"]
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker-id", str(i), *common], stdout=subprocess.PIPE,
+                              text=True) for i in range(max(phases))]
+    totals = {k: 0.0 for k in phases}
     for p in procs:
         out, _ = p.communicate()
-        r = json.loads(out.strip().splitlines()[-1])
-        total += r["steps"] / r["seconds"]
-    return total
+        for k, rate in json.loads(out.strip().splitlines()[-1]).items():
+            totals[int(k)] += rate
+    return totals
 
 
 def main() -> None:
@@ -173,11 +193,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--concurrent", default="", help="comma-separated K, e.g. 1,2,4,8 (CUDA)")
-    p.add_argument("--window", type=float, default=6.0, help="seconds each concurrent measurement counts")
+    p.add_argument("--window", type=float, default=5.0, help="seconds each concurrent measurement counts")
+    p.add_argument("--startup", type=float, default=25.0, help="seconds the concurrent processes get to start")
     p.add_argument("--no-xautodl", action="store_true")
     p.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--start-at", type=float, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--captured", default="graph", help=argparse.SUPPRESS)
+    p.add_argument("--phases", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--starts", type=float, nargs="*", default=[], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -187,27 +208,35 @@ def main() -> None:
     device = torch.device(args.device)
     full = math.ceil(TRAIN_IMAGES / args.batch)
     steps = args.iters or (full if device.type == "cuda" else 4)
+    # the captured step runs whole epochs on CUDA (the figure a search sees), capture included
+    fast_steps = full if device.type == "cuda" else steps
     where = f"{device_name(device)}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     rows = []
     log(f"plain step, {steps} steps x 2 epochs on {where}")
     plain = time_epochs(device, "off", args.batch, steps)
-    log(f"captured step ({'graph' if device.type == 'cuda' else 'eager'})")
-    fast = time_epochs(device, "graph", args.batch, steps)
+    log(f"captured step ({'graph' if device.type == 'cuda' else 'eager'}), {fast_steps} steps x 2 epochs")
+    fast = time_epochs(device, "graph", args.batch, fast_steps)
     xa = None if args.no_xautodl else time_xautodl(device, args.batch, steps)
+    agree = {n: agreement(device, args.batch, n) for n in (1, 20)}
     per_epoch = lambda t: t / steps * full  # noqa: E731
     rows.append(("NB201 DARTS epoch, plain step", f"{per_epoch(plain[-1]):.2f} s", f"{plain[-1] / steps * 1e3:.2f} ms/step"))
-    rows.append(("NB201 DARTS epoch, captured step", f"{per_epoch(fast[-1]):.2f} s",
-                 f"{fast[-1] / steps * 1e3:.2f} ms/step; first epoch (with capture) {per_epoch(fast[0]):.2f} s"))
+    fast_step = fast[-1] / fast_steps
+    rows.append(("NB201 DARTS epoch, captured step", f"{fast_step * full:.2f} s",
+                 f"{fast_step * 1e3:.2f} ms/step; first epoch (with capture) {fast[0] / fast_steps * full:.2f} s"))
     if xa is not None:
         rows.append(("NB201 DARTS epoch, xautodl DARTS-V1", f"{per_epoch(xa):.2f} s", f"{xa / steps * 1e3:.2f} ms/step"))
-        rows.append(("speed-up over xautodl: plain / captured", f"{xa / plain[-1]:.2f}x / {xa / fast[-1]:.2f}x",
-                     "same steps, same batches, same device"))
-    rows.append(("captured / plain time ratio", f"{fast[-1] / plain[-1]:.3f}", ""))
-    for k in [int(v) for v in args.concurrent.split(",") if v]:
-        log(f"{k} concurrent searches")
-        rate = concurrent(args, k)
-        rows.append((f"{k} concurrent NB201 searches, captured", f"{rate:.1f} steps/s total",
-                     f"{full / rate * k:.2f} s per epoch each; {rate * 3600 / (full * 50):.1f} 50-epoch searches/h"))
+        rows.append(("speed-up over xautodl: plain / captured",
+                     f"{xa / plain[-1]:.2f}x / {xa / steps / fast_step:.2f}x", "per step, same device, same run"))
+    for n, (da, dw, dl) in agree.items():  # float32 rounding; Adam's g/sqrt(v) lets it grow over steps
+        rows.append((f"captured vs plain after {n} step{'s' if n > 1 else ''} (float32)", f"max |d alpha| {da:.1e}",
+                     f"max |d w| {dw:.1e}; |d train loss| {dl:.1e}"))
+    rows.append(("captured / plain time per step", f"{fast_step / (plain[-1] / steps):.3f}", ""))
+    phases = [int(v) for v in args.concurrent.split(",") if v]
+    if phases:
+        log(f"concurrent searches: {phases}")
+        for k, rate in concurrent(args, phases).items():
+            rows.append((f"{k} concurrent NB201 searches, captured", f"{rate:.1f} steps/s total",
+                         f"{full / rate * k:.2f} s per epoch each; {rate * 3600 / (full * 50):.1f} 50-epoch searches/h"))
     print(f"\n{where}; batch {args.batch}; an epoch is {full} steps (25,000 D_tr images)\n")
     print("| measurement | value | detail |\n|---|---|---|")
     for r in rows:

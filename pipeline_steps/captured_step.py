@@ -18,6 +18,8 @@ On CPU it runs eagerly, which is how its equality with the plain step is tested.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -170,16 +172,31 @@ class CapturedStep:
         if not self.use_graph or self.calls <= self.warmup:
             self._body()
             return
-        if self.graph is None:
-            self._capture()
+        if self.graph is None and not self._capture():
+            self._body()
+            return
         self.graph.replay()
 
-    def _capture(self) -> None:
+    def _capture(self) -> bool:
+        """Record the step; on failure say why once and run eagerly from here on (same numbers)."""
         torch.cuda.synchronize(self.device)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._body()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._body()
+        except Exception as e:  # an op that cannot be captured on this torch/driver
+            print(f"captured step: recording a CUDA graph failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                  "running the same step eagerly", file=sys.stderr, flush=True)
+            self.use_graph, self.graph = False, None
+            torch.cuda.synchronize(self.device)
+            return False
         # recording runs nothing: the step of this call happens in its first replay (the caller's)
+        self.graph = graph
+        return True
+
+    @property
+    def path(self) -> str:
+        return "graph" if self.use_graph else "eager"
 
     def finish(self, train_stats, val_stats) -> None:
         """Hand the epoch's sums to the loop's StepStats and the optimiser its step counts."""

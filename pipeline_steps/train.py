@@ -129,7 +129,8 @@ def train_epoch(state: SupernetState, data: SearchData, mode: str, settings: Ste
         state.scheduler.step()
     state.epoch += 1
     train_loss, train_acc = train_stats.means()
-    record = {"epoch": state.epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
+    record = {"epoch": state.epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+              "step_path": "plain" if fast is None else fast.path}
     if val_stats.count:
         record["val_loss"], record["val_acc"] = val_stats.means()
     return record
