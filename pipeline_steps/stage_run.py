@@ -17,7 +17,7 @@ from .atomic import write_json
 from .benchmark import load_benchmark
 from .config import spec_key
 from .data import DataSettings, SearchData
-from .device import device_name, resolve_device
+from .device import device_name, resolve_device, use_memory_format
 from .scores.ostr import OStrStatistics
 from .spaces import get_space
 from .supernet import Optimisation, SupernetState, init_state
@@ -61,6 +61,7 @@ class StageRun:
         search = spec["search"]
         self.data = SearchData(data_settings(spec, runtime), search["batch_size"], self.device)
         self.state = init_state(self.space, self.data.num_classes, optimisation(search), spec["seed"], self.device)
+        self.memory_format = use_memory_format(self.state.model, self.device, runtime.get("channels_last", "off"))
         self.wall = 0.0
         if start is not None:
             ckpt = torch.load(start, map_location="cpu", weights_only=False)
@@ -133,7 +134,8 @@ class StageRun:
                                  "wall_time_s": self.wall, "device": str(self.device),
                                  "device_name": device_name(self.device), "torch": torch.__version__,
                                  "data_fingerprint": self.data.fingerprint,
-                                 "captured_step": self.runtime.get("captured_step", "off"), **metrics,
+                                 "captured_step": self.runtime.get("captured_step", "off"),
+                                 "memory_format": self.memory_format, **metrics,
                                  **{k: v for k, v in final.items()
                                     if isinstance(v, (int, float, str)) and k not in ("wall_time_s", "stage")}})
         self.tracker.finish()

@@ -183,3 +183,19 @@ def test_unsupported_mode_falls_back_to_its_own_step(data, one_thread):
     assert supported(state, "spos", []) is not None
     assert supported(state, "bilevel", [OStrStatistics()]) is None
     assert supported(state, "bilevel", [object()]) is not None
+
+
+def test_channels_last_network_gives_the_same_step(data, one_thread):
+    """NHWC weights (the GPU default) compute the same epoch as NCHW, to float64 rounding."""
+    from pipeline_steps.device import use_memory_format
+
+    nchw, nhwc = _state(), _state()
+    assert use_memory_format(nhwc.model, torch.device("cpu"), "on") == "channels_last"
+    assert use_memory_format(nchw.model, torch.device("cpu"), "auto") == "contiguous"  # auto: CUDA only
+    _run(nchw, data, "off", epochs=1)
+    _run(nhwc, data, "eager", epochs=1)
+    torch.testing.assert_close(nchw.alpha["cell"], nhwc.alpha["cell"], rtol=1e-9, atol=1e-12)
+    for p, q in zip(nchw.model.parameters(), nhwc.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-8, atol=1e-10)
+    with pytest.raises(Exception, match="channels_last"):
+        use_memory_format(nchw.model, torch.device("cpu"), "sometimes")

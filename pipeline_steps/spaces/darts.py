@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import NasflowError
 from .darts_ops import ALL_OPS, FactorizedReduce, ReLUConvBN, make_op
 from .genotype import CELLS, DARTS_V2, STEPS, Genotype  # noqa: F401  (DARTS_V2 re-exported)
-from .ops import is_zero_op
+from .ops import in_network_format, is_zero_op
 
 if TYPE_CHECKING:
     from . import Space
@@ -164,7 +164,7 @@ class SearchNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: dict[str, torch.Tensor],
                 active: dict[str, Sequence[Sequence[int]]]) -> torch.Tensor:
-        s0 = s1 = self.stem(x)
+        s0 = s1 = self.stem(in_network_format(x, self.stem[0]))
         for cell in self.cells:
             kind = "reduce" if cell.reduction else "normal"
             s0, s1 = s1, cell(s0, s1, weights[kind], active[kind])

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import NasflowError
-from .ops import Pool, ReLUConvBN, Zero, is_zero_op
+from .ops import Pool, ReLUConvBN, Zero, in_network_format, is_zero_op
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # Edge order = ModuleDict keys 'i<-j' sorted = left-to-right order of the arch string.
@@ -151,7 +151,7 @@ class Supernet(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: dict[str, torch.Tensor],
                 active: dict[str, Sequence[Sequence[int]]]) -> torch.Tensor:
-        h = self.stem(x)
+        h = self.stem(in_network_format(x, self.stem[0]))
         for layer in self.layers:
             h = layer(h, weights["cell"], active["cell"]) if isinstance(layer, SearchCell) else layer(h)
         return self.classifier(self.head(h))

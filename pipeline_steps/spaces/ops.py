@@ -39,3 +39,12 @@ class Pool(nn.Sequential):
 
 def is_zero_op(op: nn.Module) -> bool:
     return getattr(op, "is_zero", False)
+
+
+def in_network_format(x: torch.Tensor, stem: nn.Conv2d) -> torch.Tensor:
+    """The input in the memory format the network's weights are in (NHWC after
+    `model.to(memory_format=torch.channels_last)`, which runs the small convolutions and batch norms
+    of a search much faster on a GPU)."""
+    if stem.weight.is_contiguous(memory_format=torch.channels_last) and not stem.weight.is_contiguous():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
