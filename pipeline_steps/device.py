@@ -44,8 +44,9 @@ def card_ids(count: int) -> list[str]:
     return ids
 
 
-def _try_lock(card: str) -> int | None:
-    path = lock_dir() / f"gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', card)}.lock"
+def _try_lock(card: str, slot: int = 0) -> int | None:
+    name = re.sub(r'[^A-Za-z0-9_.-]', '_', card)
+    path = lock_dir() / (f"gpu-{name}.lock" if slot == 0 else f"gpu-{name}-slot{slot}.lock")
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -61,25 +62,30 @@ def _try_lock(card: str) -> int | None:
     return fd
 
 
-def claim_free_gpu(cards: list[str], wait_s: float = 3600.0, poll_s: float = 2.0) -> int:
-    """Lock and return the index of the first unclaimed card in `cards` (see card_ids); wait
-    while all are busy. A process keeps the card it claimed: asking again returns it."""
+def claim_free_gpu(cards: list[str], wait_s: float = 3600.0, poll_s: float = 2.0, slots: int = 1) -> int:
+    """Lock one of the `slots` places on a card in `cards` (see card_ids) and return the card's
+    index; wait while every place is taken. Free places fill card by card at the same depth (every
+    card's first slot before any second one). A process keeps what it claimed: asking again
+    returns it."""
+    if slots < 1:
+        raise NasflowError(f"gpu_slots {slots}: at least 1 training job per GPU")
     if _claimed:
         return next(iter(_claimed))
     deadline = time.monotonic() + wait_s
     while True:
-        for i, card in enumerate(cards):
-            fd = _try_lock(card)
-            if fd is not None:
-                _claimed[i] = fd
-                return i
+        for slot in range(slots):
+            for i, card in enumerate(cards):
+                fd = _try_lock(card, slot)
+                if fd is not None:
+                    _claimed[i] = fd
+                    return i
         if time.monotonic() > deadline:
-            raise NasflowError(f"all {len(cards)} GPUs stayed claimed for {wait_s:.0f} s (locks in {lock_dir()}); "
-                               "lower --resources gpu=K or free a device")
+            raise NasflowError(f"all {len(cards)} GPUs x {slots} slots stayed claimed for {wait_s:.0f} s (locks in "
+                               f"{lock_dir()}); lower --resources gpu=K or free a device")
         time.sleep(poll_s)
 
 
-def resolve_device(requested: str) -> torch.device:
+def resolve_device(requested: str, slots: int = 1) -> torch.device:
     if requested == "cpu":
         return torch.device("cpu")
     if requested.startswith("cuda") or requested == "auto":
@@ -93,7 +99,7 @@ def resolve_device(requested: str) -> torch.device:
         # one visible card: the job's own (SLURM sets CUDA_VISIBLE_DEVICES to its allocation)
         if count == 1:
             return torch.device("cuda:0")
-        return torch.device(f"cuda:{claim_free_gpu(card_ids(count))}")
+        return torch.device(f"cuda:{claim_free_gpu(card_ids(count), slots=slots)}")
     raise NasflowError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N")
 
 

@@ -35,7 +35,7 @@ def ranking(spec: dict, runtime: dict, state_files: list[Path], out: Path) -> No
     t0 = time.perf_counter()
     s = spec["settings"]
     space = get_space(spec["space"], spec["space_settings"])
-    device = resolve_device(runtime["device"])
+    device = resolve_device(runtime["device"], runtime.get("gpu_slots", 1))
     data = SearchData(data_settings(spec, runtime), s["images"], device)
     generator = torch.Generator().manual_seed(spec["seed"])
     batches = scoring_batches(data, generator, images=s["images"], batch_size=s["images"])

@@ -159,13 +159,15 @@ class Plan:
         return {
             "device": c["device"],
             "captured_step": c["captured_step"],
+            "gpu_slots": c["gpu_slots"],
             "channels_last": {True: "on", False: "off"}.get(c["channels_last"], c["channels_last"]),
             "data": {k: c["data"][k] for k in ("root", "source", "download")},
             "benchmark": c["benchmark"],
             "tracking": {**c["tracking"], "uri": uri, "artifacts": (self.project_dir / "mlartifacts").as_uri()},
             "profile": c["profile"],
             "config_hash": spec_key({k: v for k, v in c.items()
-                                     if k not in ("device", "captured_step", "channels_last", "tracking", "resources")}),
+                                     if k not in ("device", "captured_step", "channels_last", "gpu_slots", "tracking",
+                                                  "resources")}),
             "git_commit": git_commit(self.project_dir),
         }
 

@@ -57,7 +57,7 @@ class StageRun:
                  load: Callable[[SupernetState, dict], None] = SupernetState.load_state_dict):
         self.spec, self.runtime, self.key = spec, runtime, spec_key(spec)
         self.space = get_space(spec["space"], spec["space_settings"])
-        self.device = resolve_device(runtime["device"])
+        self.device = resolve_device(runtime["device"], runtime.get("gpu_slots", 1))
         search = spec["search"]
         self.data = SearchData(data_settings(spec, runtime), search["batch_size"], self.device)
         self.state = init_state(self.space, self.data.num_classes, optimisation(search), spec["seed"], self.device)

@@ -156,7 +156,7 @@ def retrain(spec: dict, runtime: dict, arch_file: Path, stage_metrics: list[Path
     """Train the derived network from scratch, resuming per epoch: a DARTS-space genotype with the
     DARTS protocol (METHODS.md 1.3), or an NB201 cell with the NB201 protocol."""
     arch = read_json(arch_file)
-    device = resolve_device(runtime["device"])
+    device = resolve_device(runtime["device"], runtime.get("gpu_slots", 1))
     data = data_settings(spec, runtime)
     train_images, test_images = device_images(data, "train", device), device_images(data, "test", device)
     settings = RetrainSettings(**spec["retrain"])

@@ -46,7 +46,8 @@ CLAIMER = """
 import sys, time
 from pipeline_steps.device import claim_free_gpu
 cards = sys.argv[1].split(",")
-print(claim_free_gpu(cards, wait_s=float(sys.argv[2]), poll_s=0.1), time.time(), flush=True)
+slots = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+print(claim_free_gpu(cards, wait_s=float(sys.argv[2]), poll_s=0.1, slots=slots), time.time(), flush=True)
 if sys.argv[3] == "hold":
     time.sleep(3600)
 """
@@ -81,9 +82,9 @@ def test_concurrent_gpu_jobs_hold_distinct_cards(tmp_path, lock_env, monkeypatch
     assert max(sum(c["card"] == k for c in claims) for k in range(cards)) >= 2
 
 
-def start_claimer(cards: str, hold: bool, wait_s: float, env: dict) -> subprocess.Popen:
+def start_claimer(cards: str, hold: bool, wait_s: float, env: dict, slots: int = 1) -> subprocess.Popen:
     package_root = str(Path(device.__file__).parents[1])
-    return subprocess.Popen([sys.executable, "-c", CLAIMER, cards, str(wait_s), "hold" if hold else "go"],
+    return subprocess.Popen([sys.executable, "-c", CLAIMER, cards, str(wait_s), "hold" if hold else "go", str(slots)],
                             stdout=subprocess.PIPE, text=True, env={**env, "PYTHONPATH": package_root})
 
 
@@ -124,3 +125,39 @@ def test_card_names_survive_cuda_visible_devices_renumbering(monkeypatch):
     assert device.card_ids(2) == ["3", "5"]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert device.card_ids(2) == ["0", "1"]
+
+
+def test_k_slots_per_card_the_next_job_waits_and_a_crash_frees_a_slot(lock_env):
+    """gpu_slots: 3 lets three jobs share the one fake card; a fourth waits until one of them dies."""
+    holders = [start_claimer("a", True, 60, lock_env, slots=3) for _ in range(3)]
+    waiter = None
+    try:
+        assert [claimed(h)[0] for h in holders] == [0, 0, 0]
+        with pytest.raises(NasflowError, match="3 slots"):
+            device.claim_free_gpu(["a"], wait_s=0.3, poll_s=0.1, slots=3)
+        waiter = start_claimer("a", False, 60, lock_env, slots=3)
+        time.sleep(4)
+        assert waiter.poll() is None, "a fourth job took a slot of a card with three"
+        killed_at = time.time()
+        holders[1].kill()
+        card, at = claimed(waiter)
+        assert card == 0 and at >= killed_at
+        assert waiter.wait(timeout=30) == 0
+    finally:
+        for proc in holders + ([waiter] if waiter else []):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()
+
+
+def test_slots_fill_every_card_before_doubling_up(lock_env):
+    holders = [start_claimer("a,b", True, 60, lock_env, slots=2) for _ in range(3)]
+    try:
+        cards = sorted(claimed(h)[0] for h in holders)
+        assert cards in ([0, 0, 1], [0, 1, 1]) and set(cards) == {0, 1}
+    finally:
+        for proc in holders:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
