@@ -18,6 +18,9 @@ except NasflowError as err:
     raise SystemExit(f"nasflow: error: {err}")
 
 PLAN = Plan(config, workflow.basedir)
+for damaged in PLAN.set_aside_damaged_checkpoints():
+    print(f"nasflow: warning: {damaged.removesuffix('.damaged')} was damaged; moved to {damaged}, rebuilding it",
+          file=sys.stderr)
 # Settings that change no result reach the jobs through the environment, not rule params,
 # so that changing them (tracking URI, data location, device) re-runs nothing.
 os.environ["NASFLOW_RUNTIME"] = runtime_json(PLAN)

@@ -70,6 +70,7 @@ def coerce_scalars(obj: Any) -> Any:
 def validate(cfg: dict) -> None:
     """Raise one NasflowError naming the first bad value, before anything runs."""
     _validate_schema(cfg)
+    check_tracking_uri(cfg["tracking"].get("uri"))
     from .methods import get_method  # late: the methods load torch and the spaces
 
     for name in cfg["methods"]:
@@ -88,6 +89,22 @@ def validate(cfg: dict) -> None:
                 _validate_schema(merged)
             except NasflowError as e:
                 raise NasflowError(f"preset method.{method}.presets.{name}.{space}: {e}") from None
+
+
+TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "file:///")
+
+
+def check_tracking_uri(uri: str | None) -> None:
+    """The tracking URIs a stage can use from any working directory: absolute SQLite or file paths,
+    or an MLflow server."""
+    if uri is None:
+        return
+    if not isinstance(uri, str) or not uri.startswith(TRACKING_SCHEMES):
+        raise NasflowError(f"invalid parameter tracking.uri = {uri!r}: use null (sqlite:///<project>/mlflow.db), "
+                           "sqlite:////absolute/path.db, file:///absolute/dir or http(s)://host:port")
+    if uri.startswith("sqlite:///") and not uri[len("sqlite:///"):].startswith("/"):
+        raise NasflowError(f"invalid parameter tracking.uri = {uri!r}: the path must be absolute "
+                           "(sqlite:////abs/path.db: four slashes), since jobs run in other directories")
 
 
 def _validate_schema(cfg: dict) -> None:

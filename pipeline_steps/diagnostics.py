@@ -10,6 +10,7 @@ import torch
 
 from .atomic import write_json
 from .benchmark import load_benchmark
+from .checkpoints import load_checkpoint
 from .data import SearchData
 from .device import resolve_device
 from .methods import get_method
@@ -46,7 +47,7 @@ def ranking(spec: dict, runtime: dict, state_files: list[Path], out: Path) -> No
     tracker.log_params(spec)
     per_stage = []
     for i, path in enumerate(state_files):
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(path)
         get_method(spec["method"]).load_state(state, ckpt)
         cells = sample_cells(ckpt["mask"]["cell"], list(space.ops), s["archs"], generator)
         predicted = evaluate_nb201(state.model, cells, batches, list(space.ops), bn=s["bn"])

@@ -124,6 +124,19 @@ class Plan:
             return []
         return [RANKING_FILE.format(**r) for r in self.runs() if r["space"] == "nb201"]
 
+    def set_aside_damaged_checkpoints(self) -> list[str]:
+        """Final checkpoints of configured runs that cannot be read (a truncated copy, a full disk)
+        are renamed to *.damaged, so that Snakemake sees them missing and rebuilds them."""
+        from .checkpoints import checkpoint_is_readable, set_aside
+
+        moved = []
+        for r in self.runs():
+            for d in self.stage_dirs(r["method"], r["space"], r["dataset"], r["seed"]):
+                path = self.project_dir / d / "supernet.pt"
+                if path.exists() and not checkpoint_is_readable(path):
+                    moved.append(str(set_aside(path).relative_to(self.project_dir)))
+        return moved
+
     def ledger_files(self) -> list[str]:
         """The committed records of reproduced runs the report shows (an input: a new one re-runs it)."""
         return sorted(str(p.relative_to(self.project_dir)) for p in (self.project_dir / "ledger").rglob("*.json"))

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_path
 from .data import DeviceImages
+from .checkpoints import load_resume
 from .errors import NasflowError
 from .eval_networks import (NB201Network, NetworkCIFAR, NetworkImageNet, count_flops_m,  # noqa: F401
                             count_params_m)
@@ -110,8 +111,8 @@ def retrain(model: nn.Module, train: DeviceImages, test: DeviceImages, settings:
     start_epoch, history, wall = 0, [], 0.0
 
     path = Path(checkpoint_path)
-    if path.exists():
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_resume(path)
+    if ckpt is not None:
         if ckpt.get("fingerprint") != fingerprint:
             raise NasflowError(f"checkpoint {path} was written with other retrain settings or seed "
                                f"({ckpt.get('fingerprint')}); restore them or delete the checkpoint")

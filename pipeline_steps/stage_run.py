@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 import torch
 
 from .atomic import write_json
+from .checkpoints import load_checkpoint, load_resume
 from .benchmark import load_benchmark
 from .config import spec_key
 from .data import DataSettings, SearchData
@@ -64,14 +65,14 @@ class StageRun:
         self.memory_format = use_memory_format(self.state.model, self.device, runtime.get("channels_last", "off"))
         self.wall = 0.0
         if start is not None:
-            ckpt = torch.load(start, map_location="cpu", weights_only=False)
+            ckpt = load_checkpoint(start)
             load(self.state, ckpt)  # its history continues here; its wall time stays its own
         if prepare is not None:
             prepare(self.state)
         self.resume = out_dir / "resume.pt"
         meta: dict = {}
-        if self.resume.exists():
-            ckpt = torch.load(self.resume, map_location="cpu", weights_only=False)
+        ckpt = load_resume(self.resume)
+        if ckpt is not None:
             if ckpt.get("meta", {}).get("key") == self.key:  # a checkpoint of other settings is ignored
                 load(self.state, ckpt)
                 meta = ckpt["meta"]

@@ -22,6 +22,7 @@ from .spaces import get_space
 from .spaces.cell_plot import plot_genotype
 from .spaces.genotype import Genotype, genotype_from_json
 from .spos import KeptSnapshots
+from .checkpoints import load_checkpoint, load_resume
 from .stage_run import StageRun, data_settings, stage_tags
 from .tracking import Tracker
 
@@ -59,7 +60,7 @@ def derive(spec: dict, runtime: dict, state_ckpt: Path, out: Path) -> None:
     t0 = time.perf_counter()
     method = get_method(spec["method"])
     space = get_space(spec["space"], spec["space_settings"])
-    ckpt = torch.load(state_ckpt, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(state_ckpt)
     history = ckpt["history"]
     if not history:
         raise NasflowError(f"{state_ckpt} holds no trained epoch; re-run its stage")
@@ -167,7 +168,7 @@ def retrain(spec: dict, runtime: dict, arch_file: Path, stage_metrics: list[Path
         model = NB201Network(arch["arch"], num_classes, settings.channels, cells_per_stage=settings.layers)
     model = model.to(device)
     resume = out_model.with_name("resume.pt")
-    meta = torch.load(resume, map_location="cpu", weights_only=False).get("meta", {}) if resume.exists() else {}
+    meta = (load_resume(resume) or {}).get("meta", {})
     tracker = Tracker(runtime["tracking"], f"{spec['method']}-retrain-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
                       stage_tags(spec, runtime, spec["method"]), run_id=meta.get("run_id"))
     if not meta:

@@ -15,18 +15,45 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from .errors import NasflowError
+
 _TRANSIENT = ("database is locked", "already exists", "unique constraint", "could not obtain lock",
               "disk i/o error", "connection refused", "temporarily unavailable")
 
 
-def _retry(fn: Callable[[], Any], attempts: int = 12) -> Any:
+# A server that stops answering must not hold training up: MLflow's own HTTP retries are cut to a
+# few short ones, and ours give up after RETRY_BUDGET_S in all.
+RETRY_BUDGET_S = 60.0
+SERVER_CHECK_TIMEOUT_S = 5.0
+MLFLOW_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+def _retry(fn: Callable[[], Any], attempts: int = 12, budget_s: float = RETRY_BUDGET_S) -> Any:
+    start = time.monotonic()
     for i in range(attempts):
         try:
             return fn()
         except Exception as e:  # mlflow wraps sqlite errors in several exception types
-            if i == attempts - 1 or not any(t in str(e).lower() for t in _TRANSIENT):
+            if (i == attempts - 1 or time.monotonic() - start > budget_s
+                    or not any(t in str(e).lower() for t in _TRANSIENT)):
                 raise
             time.sleep(min(5.0, 0.1 * 2 ** i) * (0.5 + random.random()))
+
+
+def check_server(uri: str, timeout_s: float = SERVER_CHECK_TIMEOUT_S) -> None:
+    """An MLflow server must answer its /health within `timeout_s`, else the stage stops at once
+    with one line (rather than after MLflow's retries of many minutes)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+            r.read(64)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise NasflowError(f"tracking server {uri} did not answer within {timeout_s:.0f} s ({reason}); start it, "
+                           "fix tracking.uri, or set tracking.enabled: false") from None
 
 
 @contextmanager
@@ -55,6 +82,10 @@ class Tracker:
         if not self.enabled:
             return
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        for key, value in MLFLOW_HTTP_SETTINGS.items():
+            os.environ.setdefault(key, value)
+        if tracking["uri"].startswith(("http://", "https://")):
+            check_server(tracking["uri"])
         from mlflow.tracking import MlflowClient
 
         with _sqlite_init_lock(tracking["uri"]):
