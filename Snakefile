@@ -1,12 +1,14 @@
 # nasflow: weight-sharing NAS methods as cached stages. Parameters: params/. Rules: workflow/rules/.
 import os
 import sys
+from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
 from pipeline_steps.config import coerce_scalars, validate
 from pipeline_steps.errors import NasflowError
 from pipeline_steps.plan import Plan, runtime_json, spec_arg
+from pipeline_steps.snakemake_locks import clear_stale_locks
 
 configfile: "params/nasflow.yaml"
 configfile: f"params/profiles/{config.get('profile', 'quick')}.yaml"
@@ -18,6 +20,9 @@ except NasflowError as err:
     raise SystemExit(f"nasflow: error: {err}")
 
 PLAN = Plan(config, workflow.basedir)
+# a Snakemake killed with SIGKILL leaves its lock: with no other Snakemake working here it is stale
+if clear_stale_locks(Path(workflow.basedir)):
+    print("nasflow: cleared the lock a killed Snakemake left behind", file=sys.stderr)
 for damaged in PLAN.set_aside_damaged_checkpoints():
     print(f"nasflow: warning: {damaged.removesuffix('.damaged')} was damaged; moved to {damaged}, rebuilding it",
           file=sys.stderr)

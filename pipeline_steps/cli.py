@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import NasflowError
+from .job_guard import StageStopped
 
 
 def _runtime(params_dir: str) -> dict:
@@ -219,11 +220,36 @@ def run(args: argparse.Namespace) -> None:
         report(args.spec, runtime, args.results_dir)
 
 
+STAGE_COMMANDS = ("supernet", "method-stage", "derive", "benchmark-lookup", "retrain", "ranking", "report")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    stage = args.command in STAGE_COMMANDS
+    if stage:
+        from .job_guard import stop_on_sigterm, watch_snakemake  # noqa: F811
+
+        stop_on_sigterm()
+        if "NASFLOW_RUNTIME" in os.environ:  # started by a rule
+            watch_snakemake()
     try:
         run(args)
     except NasflowError as e:
+        _end_runs(stage, "FAILED")
         print(f"nasflow: error: {e}", file=sys.stderr)
         return 2
+    except Exception:
+        _end_runs(stage, "FAILED")
+        raise
+    except (KeyboardInterrupt, StageStopped) as e:  # Ctrl-C, SIGTERM (Snakemake, SLURM, a lost parent)
+        _end_runs(stage, "KILLED")
+        print(f"nasflow: stopped ({e or 'interrupted'}); finished epochs are kept", file=sys.stderr)
+        return 130 if isinstance(e, KeyboardInterrupt) else 143
     return 0
+
+
+def _end_runs(stage: bool, status: str) -> None:
+    if stage and "mlflow" in sys.modules:
+        from .tracking import end_open_runs
+
+        end_open_runs(status)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import NasflowError
 from .plan import LOOKUP_FILE
+from .snakemake_locks import clear_stale_locks
 
 BUDGET_EXCEEDED = 3
 
@@ -41,27 +42,9 @@ def snakemake_command(methods: list[str], seeds: list[int], data: str | None, pr
             "--resources", f"gpu={jobs}", "--config", *config, *extra_config, "--", *targets(methods, seeds)]
 
 
-def snakemake_running(project: Path) -> bool:
-    """Is a Snakemake process working in `project`? (/proc; a stale lock has none)"""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            cwd = (proc / "cwd").resolve()
-        except OSError:
-            continue
-        if cwd == project.resolve() and any(b"snakemake" in part and b"--unlock" not in part for part in cmd[:3]):
-            return True
-    return False
-
-
-def clear_stale_lock(project: Path, env: dict) -> None:
-    locks = project / ".snakemake" / "locks"
-    if locks.is_dir() and any(locks.iterdir()) and not snakemake_running(project):
-        print("paper-run: clearing the lock a killed Snakemake left behind", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "snakemake", "--unlock", "--cores", "1"], cwd=project, env=env,
-                       capture_output=True, timeout=300)
+def clear_stale_lock(project: Path) -> None:
+    if clear_stale_locks(project):
+        print("paper-run: cleared the lock a killed Snakemake left behind", file=sys.stderr, flush=True)
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
@@ -95,7 +78,7 @@ def paper_run(methods: list[str], seeds: list[int], budget_s: float | None, data
         print("paper-run: mlflow is not installed; tracking is off for this run", file=sys.stderr, flush=True)
     project = project.resolve()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    clear_stale_lock(project, env)
+    clear_stale_lock(project)
     cmd = snakemake_command(methods, seeds, data, profile, cores or os.cpu_count() or 1, jobs, list(extra_config),
                             tracking)
     print("paper-run: " + " ".join(cmd[1:]), file=sys.stderr, flush=True)

@@ -74,7 +74,10 @@ def _sqlite_init_lock(uri: str) -> Iterator[None]:
 
 
 class Tracker:
-    """No-op when tracking is disabled, so stages never branch on it."""
+    """No-op when tracking is disabled, so stages never branch on it. Runs not yet finished are
+    listed in `Tracker.open`, so that a failing or stopped job can end them (`end_open_runs`)."""
+
+    open: list["Tracker"] = []
 
     def __init__(self, tracking: dict, run_name: str, tags: dict[str, Any], run_id: str | None = None):
         self.enabled = bool(tracking.get("enabled"))
@@ -97,6 +100,7 @@ class Tracker:
             self.run_id = run.info.run_id
         else:  # resumed stage: keep logging into the same run
             _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        Tracker.open.append(self)
 
     def _experiment(self, name: str, artifacts: str | None) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -139,6 +143,18 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled:
             _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+            if self in Tracker.open:
+                Tracker.open.remove(self)
+
+
+def end_open_runs(status: str) -> None:
+    """End every run this process left open (FAILED after an error, KILLED when stopped); a
+    resumed stage reopens its run as RUNNING."""
+    for tracker in list(Tracker.open):
+        try:
+            tracker.finish(status)
+        except Exception:  # the tracking backend may be what failed
+            Tracker.open.remove(tracker)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

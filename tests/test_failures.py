@@ -77,3 +77,68 @@ def test_a_damaged_final_checkpoint_is_set_aside_for_rebuilding(tiny_folder, tmp
     with pytest.raises(NasflowError, match="is damaged") as err:
         load_checkpoint(d / "supernet.pt")
     assert "\n" not in str(err.value) and "run the same command again" in str(err.value)
+
+
+# A stand-in for Snakemake (its command line names it) that starts a job and reports the job's pid.
+FAKE_SNAKEMAKE = """
+import subprocess, sys, time  # snakemake
+job = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stderr=open(sys.argv[2], "w"))
+print(job.pid, flush=True)
+time.sleep(3600)
+"""
+JOB = """
+import time
+from pipeline_steps.job_guard import stop_on_sigterm, watch_snakemake, StageStopped
+stop_on_sigterm()
+assert watch_snakemake(poll_s=0.2) is not None
+try:
+    time.sleep(60)
+except StageStopped:
+    raise SystemExit(143)
+"""
+
+
+def test_a_job_whose_snakemake_died_stops_itself(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    log = tmp_path / "job.err"
+    parent = subprocess.Popen([sys.executable, "-c", FAKE_SNAKEMAKE, JOB, str(log)], stdout=subprocess.PIPE,
+                              text=True, env=env)
+    job = int(parent.stdout.readline())
+    time.sleep(2)  # the job's imports and its first poll
+    assert Path(f"/proc/{job}").exists(), log.read_text()
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{job}").exists() and time.monotonic() < deadline:
+        try:  # reap it if it is ours; it was re-parented when the stand-in died
+            os.waitpid(job, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if (Path(f"/proc/{job}/stat").exists() and Path(f"/proc/{job}/stat").read_text().split(")")[1].split()[0] == "Z"):
+            break
+        time.sleep(0.2)
+    alive = Path(f"/proc/{job}").exists() and Path(f"/proc/{job}/stat").read_text().split(")")[1].split()[0] != "Z"
+    assert not alive, "the job ran on after its Snakemake died"
+    assert "is gone; stopping" in log.read_text()
+
+
+def test_a_stopped_or_failed_stage_ends_its_tracking_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline_steps.tracking import Tracker, end_open_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    killed = Tracker({"enabled": True, "uri": uri, "experiment": "x"}, "stopped", {})
+    end_open_runs("KILLED")
+    failed = Tracker({"enabled": True, "uri": uri, "experiment": "x"}, "failed", {})
+    end_open_runs("FAILED")
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(killed.run_id).info.status == "KILLED"
+    assert client.get_run(failed.run_id).info.status == "FAILED"
+    assert Tracker.open == []
