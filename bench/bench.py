@@ -34,7 +34,7 @@ from pipeline_steps.scores.perturbation import op_removal_table  # noqa: E402
 from pipeline_steps.supernet import Optimisation, init_state  # noqa: E402
 from pipeline_steps.train import MODES, StepSettings, StepStats, alpha_step  # noqa: E402
 
-PROJECT_FILES = ["Snakefile", "dvc.yaml", ".dvcignore", "workflow", "params", "pipeline_steps"]
+PROJECT_FILES = ["Snakefile", "dvc.yaml", ".dvcignore", "workflow", "params", "pipeline_steps", "ledger"]
 SUPERNETS = {  # the papers' CIFAR search scale: batch 64, 32 px, 10 classes
     "nb201": "NB201 supernet C=16 N=5",
     "darts_no_none": "DARTS supernet 8 cells C=16, 7 ops (darts_no_none)",

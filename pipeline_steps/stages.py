@@ -19,7 +19,6 @@ from .methods import get_method
 from .retrain import NB201Network, RetrainSettings, cifar_network
 from .retrain import retrain as retrain_network
 from .spaces import get_space
-from .spaces.cell_plot import plot_genotype
 from .spaces.genotype import Genotype, genotype_from_json
 from .spos import KeptSnapshots
 from .checkpoints import load_checkpoint, load_resume
@@ -80,6 +79,8 @@ def derive(spec: dict, runtime: dict, state_ckpt: Path, out: Path) -> None:
         result["scores"] = {criterion: record["scores"][score_key]}
     if isinstance(arch, Genotype):  # DARTS space: the genotype as data, and a picture of both cells
         result["genotype"] = arch.to_dict()
+        from .spaces.cell_plot import plot_genotype  # matplotlib: only DARTS-space derives draw
+
         for picture in plot_genotype(arch, out.with_name("cells"), title=f"{spec['method']} seed {spec['seed']}"):
             tracker.log_artifact(picture)
     tracker.log_dict(result["alpha"], "alpha.json")

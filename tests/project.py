@@ -12,7 +12,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PROJECT_FILES = ["Snakefile", "dvc.yaml", ".dvcignore", "workflow", "params", "pipeline_steps"]
+PROJECT_FILES = ["Snakefile", "dvc.yaml", ".dvcignore", "workflow", "params", "pipeline_steps", "ledger"]
 
 
 def copy_project(dest: Path) -> Path:

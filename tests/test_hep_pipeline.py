@@ -130,6 +130,7 @@ def test_kill_during_second_hierarchy_resumes_without_redoing_the_first(tiny_fol
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.e2e
 def test_snakemake_runs_hep_nas_on_both_spaces(tmp_path_factory, tiny_folder):
     """One Snakemake run (two jobs at a time): two hierarchies per space, teacher-only SMD."""
     from pipeline_steps.spaces.genotype import genotype_from_json

@@ -168,6 +168,7 @@ def test_bad_schedule_stops_snakemake_before_any_job(hpe_project):
     assert not (hpe_project / "results").exists()
 
 
+@pytest.mark.e2e
 def test_hpe_darts_end_to_end_on_both_spaces(hpe_project):
     t0 = time.perf_counter()
     snakemake("--config", *HPE_CONFIG, cwd=hpe_project)

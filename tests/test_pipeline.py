@@ -13,6 +13,8 @@ from pipeline_steps.spaces.nb201 import str_to_ops
 
 from project import copy_project, jobs_to_run, sh, snakemake, tiny_params
 
+pytestmark = pytest.mark.e2e  # Snakemake end-to-end: `python -m pytest -m e2e`
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_folder) -> Path:

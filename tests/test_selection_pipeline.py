@@ -9,6 +9,8 @@ import pytest
 
 from project import copy_project, jobs_to_run, snakemake, tiny_params
 
+pytestmark = pytest.mark.e2e  # Snakemake end-to-end: `python -m pytest -m e2e`
+
 THREE = "methods=[darts,darts_pt,ostr]"
 
 

@@ -206,6 +206,7 @@ SE_CONFIG = ("methods=[se_nas,spos]", "seeds=[0]", "tracking={enabled: false}", 
              "method={se_nas: {si_archs: 24, final_archs: 16, scoring_images: 64}}")
 
 
+@pytest.mark.e2e
 def test_se_nas_and_spos_end_to_end_on_nb201(se_project):
     t0 = time.perf_counter()
     snakemake("--config", *SE_CONFIG, cwd=se_project)

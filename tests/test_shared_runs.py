@@ -21,6 +21,8 @@ import yaml
 
 from project import BIN, ROOT, copy_project, jobs_to_run, sh, snakemake, tiny_params
 
+pytestmark = pytest.mark.e2e  # Snakemake end-to-end: `python -m pytest -m e2e`
+
 SERVER_START_S = 240  # creating a fresh tracking database runs every schema migration
 STAGES = ["derive", "derive", "lookup", "lookup", "report", "supernet", "supernet"]
 PIPELINE_TAGS = ("stage", "params_hash", "git_commit", "profile")  # on every run: what ties one pipeline run

@@ -60,6 +60,7 @@ def lock_env(tmp_path, monkeypatch) -> dict:
     return {**os.environ, "NASFLOW_GPU_LOCK_DIR": str(locks)}
 
 
+@pytest.mark.e2e
 def test_concurrent_gpu_jobs_hold_distinct_cards(tmp_path, lock_env, monkeypatch):
     cards, jobs = 2, 3
     p = copy_project(tmp_path / "ws")

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
-from scipy import stats
 from torch import nn
 
 from ..benchmark import RANK_METRIC
@@ -195,6 +194,8 @@ def rank_correlation(predicted: Mapping[str, float], truth: Mapping[str, float])
         raise ValueError(f"need at least two architectures in common, got {len(common)}")
     x = [predicted[a] for a in common]
     y = [truth[a] for a in common]
+    from scipy import stats  # here: half a second of import that most jobs never need
+
     return {"kendall_tau": float(stats.kendalltau(x, y).statistic),
             "spearman_rho": float(stats.spearmanr(x, y).statistic), "n": len(common)}
 
