@@ -20,8 +20,11 @@ except NasflowError as err:
     raise SystemExit(f"nasflow: error: {err}")
 
 PLAN = Plan(config, workflow.basedir)
-# a Snakemake killed with SIGKILL leaves its lock: with no other Snakemake working here it is stale
-if clear_stale_locks(Path(workflow.basedir)):
+# a Snakemake killed with SIGKILL leaves its lock: with no other Snakemake working here it is stale.
+# Only the main invocation decides: a cluster or group job's Snakemake (--nolock, --target-jobs) runs
+# on another host, where the main one cannot be seen.
+main_invocation = not {"--nolock", "--target-jobs", "--unlock"} & set(sys.argv)
+if main_invocation and clear_stale_locks(Path(workflow.basedir)):
     print("nasflow: cleared the lock a killed Snakemake left behind", file=sys.stderr)
 for damaged in PLAN.set_aside_damaged_checkpoints():
     print(f"nasflow: warning: {damaged.removesuffix('.damaged')} was damaged; moved to {damaged}, rebuilding it",
