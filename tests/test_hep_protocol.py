@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline_steps.config import load_params
-from pipeline_steps.data import DataSettings, SearchData
+from pipeline_steps.data import SearchData
 from pipeline_steps.distill import SMDSettings, smd_epoch
 from pipeline_steps.errors import NasflowError
 from pipeline_steps.methods import get_method, hep_nas
@@ -21,7 +21,7 @@ from pipeline_steps.scores.gradient_matching import EdgeDistances
 from pipeline_steps.spaces import get_space
 from pipeline_steps.spaces.darts import DARTS_OPS
 from pipeline_steps.supernet import Optimisation, SupernetState, init_state
-from pipeline_steps.train import StepSettings, train_epoch
+from pipeline_steps.train import StepSettings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,21 +32,8 @@ DARTS8 = {"op_set": "darts", "channels": 4, "layers": 3}
 NONE = DARTS_OPS.index("none")
 
 
-@pytest.fixture(scope="module")
-def data(tiny_folder) -> SearchData:
-    return SearchData(DataSettings("cifar10", str(tiny_folder), source="folder"), batch_size=32, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def nb201_trained(data) -> SupernetState:
-    state = init_state(get_space("nb201", NB201), 10, Optimisation(epochs=4), seed=0, device="cpu")
-    train_epoch(state, data, "bilevel", progress=False)
-    return state
-
-
-@pytest.fixture
-def nb201_parent(nb201_trained) -> SupernetState:
-    return copy.deepcopy(nb201_trained)
+# the tiny data and the trained NB201 parent of the HEP building-block tests
+from test_hep_parts import data, nb201_parent, nb201_trained  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")

@@ -89,6 +89,14 @@ def start_claimer(cards: str, hold: bool, wait_s: float, env: dict, slots: int =
                             stdout=subprocess.PIPE, text=True, env={**env, "PYTHONPATH": package_root})
 
 
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
 def claimed(proc: subprocess.Popen) -> tuple[int, float]:
     card, at = proc.stdout.readline().split()
     return int(card), float(at)
@@ -113,11 +121,7 @@ def test_a_crashed_job_releases_its_card_and_a_busy_card_is_never_shared(lock_en
         assert card == cards[1] and at >= killed_at
         assert waiter.wait(timeout=30) == 0
     finally:
-        for proc in holders + ([waiter] if waiter else []):
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            proc.stdout.close()
+        stop_all(holders + ([waiter] if waiter else []))
 
 
 def test_card_names_survive_cuda_visible_devices_renumbering(monkeypatch):
@@ -145,11 +149,7 @@ def test_k_slots_per_card_the_next_job_waits_and_a_crash_frees_a_slot(lock_env):
         assert card == 0 and at >= killed_at
         assert waiter.wait(timeout=30) == 0
     finally:
-        for proc in holders + ([waiter] if waiter else []):
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            proc.stdout.close()
+        stop_all(holders + ([waiter] if waiter else []))
 
 
 def test_slots_fill_every_card_before_doubling_up(lock_env):
@@ -158,7 +158,4 @@ def test_slots_fill_every_card_before_doubling_up(lock_env):
         cards = sorted(claimed(h)[0] for h in holders)
         assert cards in ([0, 0, 1], [0, 1, 1]) and set(cards) == {0, 1}
     finally:
-        for proc in holders:
-            proc.kill()
-            proc.wait()
-            proc.stdout.close()
+        stop_all(holders)
