@@ -1,7 +1,8 @@
 """The bilevel and fixed-alpha steps as one static-shaped function that a CUDA graph can record.
 
-A paper-scale NB201 step (C=16, batch 64) is thousands of tiny kernels: on a GPU its time is
-kernel launches and Python, not arithmetic. `CapturedStep` does the same step as
+A paper-scale NB201 step (C=16, batch 64) is thousands of small kernels, and launching them one by
+one from Python costs more than running them (233.6 ms a step on an H200, 58.7 ms replayed as a
+graph; what is left is the kernels themselves, batch norm and convolution backward first). `CapturedStep` does the same step as
 `train.bilevel` / `train.fixed_alpha` (alpha step on a D_val batch, then a clipped SGD weight
 step on a D_tr batch) with everything a graph must hold fixed:
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import NasflowError
-from .job_guard import StageStopped
+from .job_guard import StageStopped, stop_on_sigterm, watch_snakemake
 
 
 def _runtime(params_dir: str) -> dict:
@@ -227,8 +227,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stage = args.command in STAGE_COMMANDS
     if stage:
-        from .job_guard import stop_on_sigterm, watch_snakemake  # noqa: F811
-
         stop_on_sigterm()
         if "NASFLOW_RUNTIME" in os.environ:  # started by a rule
             watch_snakemake()

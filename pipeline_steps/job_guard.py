@@ -11,7 +11,8 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
+
+from .snakemake_locks import ancestors, proc_stat, runs_snakemake
 
 POLL_S = 5.0
 
@@ -20,31 +21,12 @@ class StageStopped(BaseException):
     """SIGTERM (Snakemake stopping its jobs, SLURM preemption, a lost parent)."""
 
 
-def _stat(pid: int) -> tuple[int, str] | None:
-    """(parent pid, start time) of `pid`, None when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[1]), fields[19]
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def snakemake_ancestor(pid: int | None = None) -> tuple[int, str] | None:
-    """(pid, start time) of the nearest ancestor whose command line runs Snakemake."""
-    pid = os.getppid() if pid is None else pid
-    seen = set()
-    while pid > 1 and pid not in seen:
-        seen.add(pid)
-        st = _stat(pid)
-        if st is None:
-            return None
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        if any(b"snakemake" in part for part in cmd[:3]):
-            return pid, st[1]
-        pid = st[0]
+def snakemake_ancestor() -> tuple[int, str] | None:
+    """(pid, start time) of this process's nearest ancestor that runs Snakemake."""
+    for pid in ancestors(os.getppid()):
+        if runs_snakemake(pid):
+            st = proc_stat(pid)
+            return None if st is None else (pid, st[1])
     return None
 
 
@@ -65,7 +47,7 @@ def watch_snakemake(poll_s: float = POLL_S, on_gone=None) -> threading.Thread | 
 
     def loop() -> None:
         while True:
-            st = _stat(pid)
+            st = proc_stat(pid)
             if st is None or st[1] != started:
                 on_gone()
                 return

@@ -5,13 +5,14 @@
 Runs Snakemake on the lookup results of the given methods and seeds (CIFAR-10, the paper profile,
 `--jobs` searches at once on the GPU) and stops it when the budget is spent: Snakemake is
 interrupted, which ends its jobs; finished stages are kept, and every training stage resumes from
-its last finished epoch the next time the same command runs. A stale Snakemake lock from a killed
-run is cleared first (only when no Snakemake process is running here).
+its last finished epoch the next time the same command runs (the Snakefile clears the lock a
+killed run left behind).
 Exit status: 0 when every requested result exists, 3 when the budget ran out first (run again to
 continue), anything else when Snakemake failed.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -21,7 +22,6 @@ from pathlib import Path
 
 from .errors import NasflowError
 from .plan import LOOKUP_FILE
-from .snakemake_locks import clear_stale_locks
 
 BUDGET_EXCEEDED = 3
 
@@ -40,11 +40,6 @@ def snakemake_command(methods: list[str], seeds: list[int], data: str | None, pr
         config.append("tracking={enabled: false}")
     return [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/default", "--cores", str(cores),
             "--resources", f"gpu={jobs}", "--config", *config, *extra_config, "--", *targets(methods, seeds)]
-
-
-def clear_stale_lock(project: Path) -> None:
-    if clear_stale_locks(project):
-        print("paper-run: cleared the lock a killed Snakemake left behind", file=sys.stderr, flush=True)
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
@@ -70,15 +65,12 @@ def paper_run(methods: list[str], seeds: list[int], budget_s: float | None, data
     if data is not None and not (Path(data) / "train").is_dir() and not (Path(data) / "cifar-10-batches-py").is_dir():
         raise NasflowError(f"--data {data}: expected an image folder (train/<class>/*.jpg) or torchvision's "
                            "cifar-10-batches-py there")
-    try:
-        import mlflow  # noqa: F401
-        tracking = True
-    except ImportError:  # a bare GPU machine: results and logs are complete without it
-        tracking = False
+    # a bare GPU machine may lack MLflow (2.5 s to import, so only looked up): results carry their provenance
+    tracking = importlib.util.find_spec("mlflow") is not None
+    if not tracking:
         print("paper-run: mlflow is not installed; tracking is off for this run", file=sys.stderr, flush=True)
     project = project.resolve()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    clear_stale_lock(project)
     cmd = snakemake_command(methods, seeds, data, profile, cores or os.cpu_count() or 1, jobs, list(extra_config),
                             tracking)
     print("paper-run: " + " ".join(cmd[1:]), file=sys.stderr, flush=True)

@@ -8,21 +8,39 @@ import os
 from pathlib import Path
 
 
-def _ancestors(pid: int) -> set[int]:
-    out = set()
+def proc_stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of `pid` from /proc, None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), fields[19]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def runs_snakemake(pid: int) -> bool:
+    """Does `pid`'s command line start Snakemake (`snakemake ...`, `python -m snakemake ...`)?"""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(b"snakemake" in part for part in cmd[:3]) and b"--unlock" not in cmd
+
+
+def ancestors(pid: int) -> list[int]:
+    """`pid` and its parents, nearest first."""
+    out: list[int] = []
     while pid > 1 and pid not in out:
-        out.add(pid)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            pid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+        out.append(pid)
+        st = proc_stat(pid)
+        if st is None:
             break
+        pid = st[0]
     return out
 
 
 def other_snakemake_running(project: Path) -> bool:
     """Is a Snakemake process other than this one (and its parents) working in `project`?"""
-    mine = _ancestors(os.getpid())
+    mine = set(ancestors(os.getpid()))
     proc = Path("/proc")
     if not proc.is_dir():
         return True  # cannot tell: assume the lock is held
@@ -30,12 +48,10 @@ def other_snakemake_running(project: Path) -> bool:
         if not entry.name.isdigit() or int(entry.name) in mine:
             continue
         try:
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")
             cwd = (entry / "cwd").resolve()
         except OSError:
             continue
-        if cwd == project.resolve() and any(b"snakemake" in part for part in cmd[:3]) \
-                and not any(part == b"--unlock" for part in cmd):
+        if cwd == project.resolve() and runs_snakemake(int(entry.name)):
             return True
     return False
 
