@@ -11,13 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,8 +30,8 @@ from pipeline_steps.scores.ostr import OStrStatistics  # noqa: E402
 from pipeline_steps.scores.perturbation import op_removal_table  # noqa: E402
 from pipeline_steps.supernet import Optimisation, init_state  # noqa: E402
 from pipeline_steps.train import MODES, StepSettings, StepStats, alpha_step  # noqa: E402
+from pipeline_timing import pipeline_rows  # noqa: E402  (bench/, beside this file)
 
-PROJECT_FILES = ["Snakefile", "dvc.yaml", ".dvcignore", "workflow", "params", "pipeline_steps", "ledger"]
 SUPERNETS = {  # the papers' CIFAR search scale: batch 64, 32 px, 10 classes
     "nb201": "NB201 supernet C=16 N=5",
     "darts_no_none": "DARTS supernet 8 cells C=16, 7 ops (darts_no_none)",
@@ -297,71 +294,6 @@ def supernet_rows(kind: str, device: str, m: dict) -> list[tuple]:
          f"{mem}, absolute; includes {NUM_IMAGES} uint8 images ({NUM_IMAGES * 3072 / 2**20:.0f} MiB) as data"),
         (f"{what}: data share", device, f"{100 * 2 * m['batch'] / m['median']:.2g}", "%",
          "2 augmented batches (D_val + D_tr) per iteration / median iteration time"),
-    ]
-
-
-# ----------------------------------------------------------------- the pipeline (snakemake)
-
-def copy_project(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
-
-
-def pipeline_rows(device: str, data: str | None, device_label: str) -> list[tuple]:
-    with tempfile.TemporaryDirectory(prefix="nasflow-bench-") as tmp:
-        tmp = Path(tmp)
-        if data:
-            data_root = Path(data).expanduser().resolve()
-            cached = any((data_root / ".nasflow-cache").glob("cifar10-folder-train*"))
-            data_note = f"image folder {data_root} ({'decode cache present' if cached else 'includes decoding it'})"
-        else:
-            from tests.conftest import make_image_folder  # the tests' small learnable dataset
-            log("making a synthetic image folder (10 classes x 300 train images, 32 px)")
-            data_root = make_image_folder(tmp / "synthetic", n_train=300, n_test=10, size=32)
-            data_note = "synthetic image folder (tests/conftest.make_image_folder, 3000 train images, 32 px)"
-        project = copy_project(tmp / "project")
-        params = project / "params" / "nasflow.yaml"
-        cfg = yaml.safe_load(params.read_text())
-        cfg["data"].update(root=str(data_root), source="folder", download=False)
-        cfg["device"] = device
-        params.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        quick = yaml.safe_load((project / "params" / "profiles" / "quick.yaml").read_text())
-        s, d, nb = quick["search"], quick["data"], quick["space"]["nb201"]
-        scale = (f"quick profile: {'+'.join(cfg['methods'])} on {'+'.join(cfg['spaces'])} x {len(cfg['seeds'])} seeds"
-                 f" (NB201 C={nb['channels']} N={nb['cells_per_stage']}), {s['epochs']} epochs, {d['max_images']}"
-                 f" images at {d['image_size']} px")
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               "PYTHONPATH": str(project)}
-        env.pop("NASFLOW_RUNTIME", None)  # the Snakefile sets it; an inherited one must not leak in
-
-        def snakemake(*extra: str) -> tuple[float, str]:
-            cmd = [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/default", *extra]
-            log(f"running {' '.join(cmd[2:])} in {project}")
-            t0 = time.perf_counter()
-            r = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-            wall = time.perf_counter() - t0
-            out = r.stdout + r.stderr
-            if r.returncode != 0:
-                raise SystemExit(f"bench: snakemake {' '.join(extra)} failed ({r.returncode}):\n{out[-4000:]}")
-            return wall, out
-
-        full, out = snakemake()
-        steps = re.findall(r"(\d+) of (\d+) steps", out)
-        jobs = f"{steps[-1][1]} jobs" if steps else "job count not found"
-        noop, out = snakemake()
-        noop_note = "nothing re-ran" if "Nothing to be done" in out else "WARNING: jobs re-ran"
-        dry, _ = snakemake("-n")
-    return [
-        ("pipeline end to end (snakemake, fresh copy)", device_label, f"{full:.1f}", "s",
-         f"{scale}; {jobs}; data: {data_note}"),
-        ("pipeline no-op re-run (snakemake again)", device_label, f"{noop:.1f}", "s", noop_note),
-        ("pipeline dry run (snakemake -n)", device_label, f"{dry:.1f}", "s", "DAG and parameter check only"),
     ]
 
 
