@@ -160,7 +160,7 @@ def smd_fixed_alpha(state, data, s: SMDSettings, train_stats, val_stats, hooks) 
 
 def smd_epoch(children: Sequence[SupernetState], teacher: SupernetState | None, data: SearchData,
               settings: SMDSettings, update_alpha: bool, hooks: Iterable[Hook] = (),
-              progress: bool = False) -> list[dict[str, float]]:
+              progress: bool = True) -> list[dict[str, float]]:
     """One round robin of SMD (Algorithm 1, line 9): child 1 trains one epoch, then child 2, ...
     Each child reads its own batches and is guided, on them, by the teacher and by its siblings
     as they are at that moment (those before it already trained this round). Each child steps its

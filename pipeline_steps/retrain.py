@@ -10,6 +10,7 @@ RNG, are checkpointed after each epoch, so a resumed run equals an uninterrupted
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,6 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .atomic import atomic_path
 from .data import DeviceImages
@@ -26,6 +26,7 @@ from .checkpoints import load_resume
 from .errors import NasflowError
 from .eval_networks import (NB201Network, NetworkCIFAR, NetworkImageNet, count_flops_m,  # noqa: F401
                             count_params_m)
+from .progress import StepProgress, duration, log_line
 from .rng import rng_state, seed_everything, set_rng_state
 from .spaces.genotype import Genotype
 from .train import StepStats
@@ -91,14 +92,15 @@ def evaluate(model: nn.Module, images: DeviceImages, batch_size: int) -> tuple[f
 
 def retrain(model: nn.Module, train: DeviceImages, test: DeviceImages, settings: RetrainSettings,
             checkpoint_path: str | Path, seed: int, on_epoch: Callable[[dict], None] | None = None,
-            progress: bool = False, meta: dict | None = None) -> dict[str, Any]:
+            progress: bool = True, meta: dict | None = None) -> dict[str, Any]:
     """Train `model` (already on its device) from scratch and test it after every epoch.
 
     SGD + cosine LR (to lr_min), cutout, drop path prob = drop_path * epoch / epochs, auxiliary
     loss, gradient clipping. After each epoch the checkpoint at `checkpoint_path` is replaced
     atomically; if it exists on entry, training resumes from it. `on_epoch(record)` runs after
-    the checkpoint is written; `meta` is stored in it as is (e.g. a tracking run id). Returns test_acc / test_error (%, last epoch), params_m, flops_m,
-    epochs, history and wall_time_s (summed over resumes).
+    the checkpoint is written; `meta` is stored in it as is (e.g. a tracking run id). `progress`: a
+    line per epoch and a heartbeat within it (a bar on a terminal; progress.py). Returns test_acc /
+    test_error (%, last epoch), params_m, flops_m, epochs, history and wall_time_s (summed over resumes).
     """
     s = settings
     generator = seed_everything(seed)
@@ -126,9 +128,12 @@ def retrain(model: nn.Module, train: DeviceImages, test: DeviceImages, settings:
         set_rng_state(ckpt["rng"], generator)
 
     n, bs = len(train), s.batch_size
-    bar = tqdm(range(start_epoch, s.epochs), desc="retrain", disable=not progress, initial=start_epoch,
-               total=s.epochs, mininterval=5.0)
-    for epoch in bar:
+    steps = math.ceil(n / bs)
+    if progress:
+        log_line(f"retrain: {params_m:.3f}M params, {flops_m:.1f}M FLOPs, {s.epochs} epochs of {steps} steps "
+                 f"(batch {bs}) on {train.labels.device}"
+                 + (f"; resuming after epoch {start_epoch}" if start_epoch else ""))
+    for epoch in range(start_epoch, s.epochs):
         started = time.monotonic()
         if hasattr(model, "drop_path_prob"):
             model.drop_path_prob = s.drop_path * epoch / s.epochs
@@ -136,6 +141,7 @@ def retrain(model: nn.Module, train: DeviceImages, test: DeviceImages, settings:
         model.train()
         stats = StepStats()
         order = torch.randperm(n, generator=generator)
+        meter = StepProgress(f"retrain epoch {epoch + 1}", steps, bs, lambda: stats.means()[0], enabled=progress)
         for start in range(0, n, bs):
             idx = order[start:start + bs]
             if len(idx) < 2 and start > 0:
@@ -153,6 +159,8 @@ def retrain(model: nn.Module, train: DeviceImages, test: DeviceImages, settings:
                 nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
             optimizer.step()
             stats.add(logits, y, loss)
+            meter.step()
+        meter.close()
         scheduler.step()
         test_loss, test_acc = evaluate(model, test, bs)
         wall += time.monotonic() - started
@@ -165,7 +173,11 @@ def retrain(model: nn.Module, train: DeviceImages, test: DeviceImages, settings:
                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
                         "wall_time_s": wall, "rng": rng_state(generator), "fingerprint": fingerprint,
                         "meta": meta or {}}, tmp)
-        bar.set_postfix(test_acc=f"{test_acc:.2f}")
+        if progress:
+            left = (s.epochs - epoch - 1) * wall / (epoch + 1)  # the mean epoch so far, resumed ones included
+            log_line(f"retrain epoch {epoch + 1}/{s.epochs} lr={lr:.4g} train_loss={train_loss:.4g} "
+                     f"train_acc={train_acc:.2f} test_loss={test_loss:.4g} test_acc={test_acc:.2f} "
+                     f"{time.monotonic() - started:.1f}s ETA {duration(left)}")
         if on_epoch is not None:
             on_epoch(record)
 

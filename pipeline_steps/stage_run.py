@@ -94,7 +94,7 @@ class StageRun:
         ostr = OStrStatistics()
         t0 = time.perf_counter()
         record = train_epoch(state, self.data, mode, self.step_settings, hooks=[ostr, *hooks],
-                             progress=sys.stderr.isatty(), captured=self.runtime.get("captured_step", "off"))
+                             captured=self.runtime.get("captured_step", "off"), label=self.spec["stage"])
         self.wall += time.perf_counter() - t0
         record.update(stage=self.spec["stage"], wall_time_s=self.wall, **extra)
         record["alpha"] = {k: a.detach().cpu().tolist() for k, a in state.alpha.items()}

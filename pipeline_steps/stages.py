@@ -3,7 +3,6 @@ measured wall time and device, and one MLflow run; long stages resume from their
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from .datasets import dataset_info
 from .device import resolve_device
 from .errors import NasflowError
 from .methods import get_method
+from .progress import log_line
 from .retrain import NB201Network, RetrainSettings, cifar_network
 from .retrain import retrain as retrain_network
 from .spaces import get_space
@@ -33,6 +33,8 @@ def supernet(spec: dict, runtime: dict, out_ckpt: Path, out_metrics: Path, out_h
     run = StageRun(spec, runtime, out_ckpt.parent, f"supernet-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
                    "shared")
     epochs, snapshots = spec["search"]["epochs"], spec["search"].get("snapshots", 0)
+    log_line(f"supernet {run.key}: epoch {run.state.epoch} of {epochs}, {run.data.steps_per_epoch} steps per epoch "
+             f"(batch {run.data.batch_size}) on {run.device}")
     while run.state.epoch < epochs:
         # `snapshots: K`: the last epoch keeps K weight snapshots' mean in the state (SPOS / SE-NAS Eq. 4)
         hooks = [KeptSnapshots(run.data.steps_per_epoch, snapshots)] if snapshots and run.state.epoch == epochs - 1 else []
@@ -47,6 +49,8 @@ def method_stage(spec: dict, runtime: dict, start: Path, out_ckpt: Path, out_met
                    f"{spec['method']}-{spec['stage']}-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
                    spec["method"], start=start, prepare=lambda state: method.prepare_stage(spec["stage"], state, settings),
                    load=method.load_state)
+    log_line(f"{spec['method']} {spec['stage']} {run.key}: from {start} at epoch {run.state.epoch}, "
+             f"{run.data.steps_per_epoch} steps per epoch (batch {run.data.batch_size}) on {run.device}")
     artifacts = method.run_stage(spec["stage"], run, settings) or {}
     for name, data in artifacts.items():
         write_json(out_ckpt.parent / name, data)
@@ -89,6 +93,12 @@ def derive(spec: dict, runtime: dict, state_ckpt: Path, out: Path) -> None:
     result["wall_time_s"] = time.perf_counter() - t0
     write_json(out, result)
     tracker.finish()
+    log_line(f"derive {_label(spec)}: {result['arch']} (history record {index}, epoch {record['epoch']}; "
+             f"{len(history)} records)")
+
+
+def _label(spec: dict) -> str:
+    return f"{spec['method']} {spec['space']} {spec['dataset']} seed{spec['seed']}"
 
 
 def provenance(method: str, runtime: dict, stage_metrics: list[Path]) -> dict:
@@ -152,6 +162,9 @@ def lookup(spec: dict, runtime: dict, arch_file: Path, stage_metrics: list[Path]
     tracker.set_tags({"arch": row["arch_str"]})
     write_json(out, result)
     tracker.finish()
+    log_line(f"lookup {_label(spec)}: {row['arch_str']} (index {row['nb201_index']}) rank {row['rank']} of "
+             f"{len(bench)}; test acc CIFAR-10 {row['cifar10_test_acc']:.2f}, CIFAR-100 {row['cifar100_test_acc']:.2f}, "
+             f"ImageNet16-120 {row['imagenet16_120_test_acc']:.2f}")
 
 
 def retrain(spec: dict, runtime: dict, arch_file: Path, stage_metrics: list[Path], out_model: Path, out: Path) -> None:
@@ -175,8 +188,7 @@ def retrain(spec: dict, runtime: dict, arch_file: Path, stage_metrics: list[Path
     if not meta:
         tracker.log_params(spec)
     result = retrain_network(model, train_images, test_images, settings, resume, spec["seed"],
-                             on_epoch=lambda r: tracker.log_metrics(r, step=r["epoch"]), meta={"run_id": tracker.run_id},
-                             progress=sys.stderr.isatty())
+                             on_epoch=lambda r: tracker.log_metrics(r, step=r["epoch"]), meta={"run_id": tracker.run_id})
     os.replace(resume, out_model)
     first = read_json(stage_metrics[0])
     result = {**{k: v for k, v in result.items() if k != "wall_time_s"}, "arch": arch["arch"], "method": spec["method"],
@@ -186,3 +198,5 @@ def retrain(spec: dict, runtime: dict, arch_file: Path, stage_metrics: list[Path
     tracker.log_metrics({k: result[k] for k in ("test_acc", "test_error", "params_m", "flops_m")}, step=result["epochs"])
     write_json(out, result)
     tracker.finish()
+    log_line(f"retrain {_label(spec)}: test error {result['test_error']:.2f}% after {result['epochs']} epochs, "
+             f"{result['params_m']:.3f}M params, {result['flops_m']:.1f}M FLOPs")

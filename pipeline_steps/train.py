@@ -16,9 +16,9 @@ from typing import Callable, Iterable, Protocol
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .data import SearchData
+from .progress import StepProgress
 from .supernet import SupernetState
 
 
@@ -103,27 +103,38 @@ def step_settings(mode: str | None, search: dict) -> StepSettings:
 
 
 def train_epoch(state: SupernetState, data: SearchData, mode: str, settings: StepSettings = StepSettings(),
-                hooks: Iterable[Hook] = (), progress: bool = True, captured: str = "off") -> dict[str, float]:
+                hooks: Iterable[Hook] = (), progress: bool = True, captured: str = "off",
+                label: str | None = None) -> dict[str, float]:
     """One epoch (one pass over D_tr: len(D_tr)/batch steps) in `mode`; steps the LR schedule once,
     advances state.epoch. `captured`: off (the plain step) | eager (the captured step's function run
     as it is) | graph (recorded once as a CUDA graph and replayed; eager on CPU) | auto (graph on
-    CUDA, off elsewhere). Modes the captured step does not cover always run plain."""
+    CUDA, off elsewhere). Modes the captured step does not cover always run plain. `progress`: a
+    bar on a terminal, heartbeat lines in a log (progress.py); `label` (e.g. the stage) heads them."""
     hooks = list(hooks)
     state.model.train()
     train_stats, val_stats = StepStats(), StepStats()
     lr = state.w_optimizer.param_groups[0]["lr"]
-    bar = tqdm(range(data.steps_per_epoch), desc=f"epoch {state.epoch + 1}", leave=False, disable=not progress,
-               mininterval=2.0)
     fast = _captured_step(state, mode, settings, hooks, captured)
     if fast is None:
-        step = MODES[mode]
-        for _ in bar:
-            step(state, data, settings, train_stats, val_stats, hooks)
+        loss = lambda: _running_loss(train_stats, val_stats)  # noqa: E731
     else:
-        for _ in bar:
-            val = data.val_batch(state.generator) if mode == "bilevel" else None
-            fast(val, data.train_batch(state))
-        fast.finish(train_stats, val_stats)
+        loss = lambda: float(fast.train_loss) / max(fast.train_count, 1)  # noqa: E731
+    meter = StepProgress(f"{label + ' ' if label else ''}epoch {state.epoch + 1}", data.steps_per_epoch,
+                         data.batch_size, loss, enabled=progress)
+    try:
+        if fast is None:
+            step = MODES[mode]
+            for _ in range(data.steps_per_epoch):
+                step(state, data, settings, train_stats, val_stats, hooks)
+                meter.step()
+        else:
+            for _ in range(data.steps_per_epoch):
+                val = data.val_batch(state.generator) if mode == "bilevel" else None
+                fast(val, data.train_batch(state))
+                meter.step()
+            fast.finish(train_stats, val_stats)
+    finally:
+        meter.close()
     with warnings.catch_warnings():  # the captured step updates the weights without optimizer.step()
         warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
         state.scheduler.step()
@@ -134,6 +145,12 @@ def train_epoch(state: SupernetState, data: SearchData, mode: str, settings: Ste
     if val_stats.count:
         record["val_loss"], record["val_acc"] = val_stats.means()
     return record
+
+
+def _running_loss(train_stats: StepStats, val_stats: StepStats) -> float:
+    """Mean loss of the epoch's steps so far (weight steps; alpha steps for a mode without them)."""
+    stats = train_stats if train_stats.count else val_stats
+    return stats.means()[0] if stats.count else float("nan")
 
 
 def _captured_step(state: SupernetState, mode: str, settings: StepSettings, hooks: list, captured: str):

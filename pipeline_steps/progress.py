@@ -1,0 +1,110 @@
+"""Progress of long loops, for people watching a terminal and for log files.
+
+On a terminal an epoch's steps show as a tqdm bar. Written to a file (what every Snakemake rule
+does with a stage's output) there is no bar; instead each epoch ends with one line (the callers
+print it), and within an epoch a heartbeat line says every NASFLOW_HEARTBEAT_S seconds (default
+60; 0 turns it off) how many steps are done, the running loss, images per second and the
+epoch's ETA. The setting only changes what is printed, never a result.
+
+The step loop stays cheap: `StepProgress.step()` reads the clock and nothing else; the loss, a
+device sync on a GPU, is read only when a line is due. Every line is flushed, since stderr
+redirected to a file is block-buffered.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Callable, TextIO
+
+from tqdm.auto import tqdm
+
+from .errors import NasflowError
+
+HEARTBEAT_ENV = "NASFLOW_HEARTBEAT_S"
+DEFAULT_HEARTBEAT_S = 60.0
+
+
+def heartbeat_interval() -> float | None:
+    """Seconds between heartbeat lines (None: off), from NASFLOW_HEARTBEAT_S."""
+    raw = os.environ.get(HEARTBEAT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_HEARTBEAT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise NasflowError(f"{HEARTBEAT_ENV}={raw!r} is not a number of seconds "
+                           f"(default {DEFAULT_HEARTBEAT_S:g}; 0 turns the heartbeat off)")
+    return value or None
+
+
+def log_line(text: str, stream: TextIO | None = None) -> None:
+    """One line to stderr, flushed; printed through tqdm so that a live bar is redrawn below it."""
+    stream = stream or sys.stderr
+    tqdm.write(text, file=stream)
+    stream.flush()
+
+
+def duration(seconds: float) -> str:
+    """45s, 12m05s, 3h02m: short enough for a log line."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or stream-like object without a terminal
+        return False
+
+
+class StepProgress:
+    """The steps of one epoch: call `step()` after each, `close()` at the end.
+
+    `loss()` returns the running mean loss; it is called only when a heartbeat is due, because on
+    a GPU it waits for the queued steps. `images_per_step` turns steps into images/s.
+    `enabled=False` prints nothing and shows no bar (tests, inner loops)."""
+
+    def __init__(self, label: str, total: int, images_per_step: int, loss: Callable[[], float],
+                 enabled: bool = True, interval: float | None = None, stream: TextIO | None = None):
+        self.label, self.total, self.images_per_step, self.loss = label, total, images_per_step, loss
+        self.stream = stream or sys.stderr
+        self.interval = (interval if interval is not None else heartbeat_interval()) if enabled else None
+        self.bar = tqdm(total=total, desc=label, leave=False, mininterval=2.0, file=self.stream) \
+            if enabled and _isatty(self.stream) else None
+        self.done = 0
+        self.started = time.monotonic()
+        self.next_at = self.started + self.interval if self.interval else math.inf
+
+    def step(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if time.monotonic() >= self.next_at:
+            self.beat()
+
+    def beat(self) -> None:
+        loss = self.loss()  # waits for the device first, so the rate below counts finished steps
+        now = time.monotonic()
+        elapsed = max(now - self.started, 1e-9)
+        per_step = elapsed / max(self.done, 1)
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss={loss:.4g}")
+        else:
+            log_line(f"{self.label} step {self.done}/{self.total} loss={loss:.4g} "
+                     f"{self.done * self.images_per_step / elapsed:.1f} images/s "
+                     f"ETA {duration((self.total - self.done) * per_step)}", self.stream)
+        self.next_at = now + (self.interval or math.inf)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
