@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 
 from .ledger import LEDGER_DIR, latest_per_seed
-from .report import LABELS, _cell, _table
-from .reproduction import reproduction_markdown, reproduction_table
+from .report_tables import LABELS, _cell, _table
+from .reproduction import method_name, reproduction_markdown, reproduction_table
 
 HEADLINE = ("cifar10_test_acc", "cifar100_test_acc", "imagenet16_120_test_acc")
 
@@ -28,7 +28,7 @@ def ledger_reproduction(records: pd.DataFrame, paper: dict) -> pd.DataFrame:
     keys = list(zip(table["method"], table["searched_on"]))
     table["device"] = [_cell(_unique(groups[k]["device_name"])) for k in keys]
     table["commits"] = [_unique(groups[k]["git_commit"]) for k in keys]
-    table["search_cost_gpu_h"] = [f"{groups[k]['search_cost_gpu_s'].mean() / 3600:.2f}" for k in keys]
+    table["search_cost_gpu_s"] = [f"{groups[k]['search_cost_gpu_s'].mean():,.0f}" for k in keys]
     return table
 
 
@@ -41,15 +41,15 @@ def ledger_markdown(records: pd.DataFrame, paper: dict, ledger_dir: str = LEDGER
     current = records[~records["stale"]]
     lines += [f"Records in `{ledger_dir}/`, committed with the code: per seed the newest record of the current "
               "protocol generation, mean ± std over seeds.", ""]
-    lines += reproduction_markdown(table, LABELS, (("Cost (GPU-h)", "search_cost_gpu_h"), ("Device", "device"),
-                                                   ("Commits", "commits"))) or ["No current records."]
+    lines += reproduction_markdown(table, LABELS, (("Search cost (GPU-s)", "search_cost_gpu_s"), ("Device", "device"),
+                                                   ("Commits", "commits")), paper.get("names")) or ["No current records."]
     lines.append("")
     compared = set(zip(table["method"], table["searched_on"])) if not table.empty else set()
     unpaired = latest_per_seed(current)
     unpaired = unpaired[[(m, d) not in compared for m, d in zip(unpaired["method"], unpaired["dataset"])]]
     if not unpaired.empty:
         lines += ["Recorded, without paper numbers to compare with: " + ", ".join(
-            f"{m} on {d} ({len(g)} seed{'s' * (len(g) > 1)})" for (m, d), g in unpaired.groupby(["method", "dataset"]))
+            f"{method_name(paper, m)} on {d} ({len(g)} seed{'s' * (len(g) > 1)})" for (m, d), g in unpaired.groupby(["method", "dataset"]))
                   + ".", ""]
     superseded = len(current) - len(latest_per_seed(current))
     if superseded:
@@ -57,13 +57,13 @@ def ledger_markdown(records: pd.DataFrame, paper: dict, ledger_dir: str = LEDGER
                   "(`python -m pipeline_steps ledger show` lists them).", ""]
     stale = records[records["stale"]]
     if not stale.empty:
-        rows = [[r["method"], r["dataset"], str(r["seed"]),
+        rows = [[method_name(paper, r["method"]), r["dataset"], str(r["seed"]),
                  f"{r['protocol_version']} / {'-' if pd.isna(r['current_protocol']) else int(r['current_protocol'])}",
-                 *(f"{r[m]:.2f}" for m in HEADLINE), f"{r['search_cost_gpu_s'] / 3600:.2f}", _cell(r["device_name"]),
+                 *(f"{r[m]:.2f}" for m in HEADLINE), f"{r['search_cost_gpu_s']:,.0f}", _cell(r["device_name"]),
                  r["git_commit"]] for _, r in stale.iterrows()]
         lines += ["#### Stale (older protocol)", "",
                   "Made with an older protocol generation of their method (pipeline_steps/protocol.py): "
                   "not averaged in above.", "",
                   *_table(["Method", "Searched on", "Seed", "Protocol (record / now)", *(LABELS[m] for m in HEADLINE),
-                           "Cost (GPU-h)", "Device", "Commit"], rows), ""]
+                           "Search cost (GPU-s)", "Device", "Commit"], rows), ""]
     return lines

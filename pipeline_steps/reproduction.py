@@ -14,7 +14,8 @@ PAPER_RESULTS = "paper_results.yaml"
 NB201_METRICS = ("cifar10_valid_acc", "cifar10_test_acc", "cifar100_valid_acc", "cifar100_test_acc",
                  "imagenet16_120_valid_acc", "imagenet16_120_test_acc")
 DARTS_METRICS = ("test_error",)
-INFO_KEYS = {"method", "searched_on", "seeds", "source", "search_cost_h", "params_m", "flops_m"}
+COST_UNITS = {"search_cost_s": (1.0, "s"), "search_cost_h": (3600.0, "h"), "search_cost_gpu_days": (86400.0, "GPU-days")}
+INFO_KEYS = {"method", "searched_on", "seeds", "source", "params_m", "flops_m", "search_gpu", *COST_UNITS}
 
 
 def load_paper_results(params_dir: str | Path = "params") -> dict:
@@ -26,6 +27,9 @@ def load_paper_results(params_dir: str | Path = "params") -> dict:
     for key in ("std_multiple", "floor", "zero_std"):
         if not isinstance(data.get("tolerance", {}).get(key), (int, float)):
             raise NasflowError(f"{path}: tolerance.{key} must be a number")
+    for key in ("names", "criterion_names"):
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in (data.get(key) or {}).items()):
+            raise NasflowError(f"{path}: {key} must map ids to names (strings)")
     for space, metrics in (("nb201", NB201_METRICS), ("darts", DARTS_METRICS)):
         for i, row in enumerate(data.get(space, [])):
             where = f"{path}: {space}[{i}] ({row.get('method', '?')})"
@@ -40,6 +44,27 @@ def load_paper_results(params_dir: str | Path = "params") -> dict:
                         and (v[1] is None or isinstance(v[1], (int, float)))):
                     raise NasflowError(f"{where}: {k} must be [mean, std] (std may be null), got {v!r}")
     return data
+
+
+def method_name(paper: dict, method: str) -> str:
+    """The paper's name for a method id (params/paper_results.yaml `names`), the id where none is given."""
+    return (paper.get("names") or {}).get(method, method)
+
+
+def criterion_name(paper: dict, criterion: str) -> str:
+    """A traced selection criterion's name: a criterion of its own, else the method it is named after."""
+    return (paper.get("criterion_names") or {}).get(criterion) or method_name(paper, criterion)
+
+
+def reported_cost(target: dict) -> tuple[float, str] | None:
+    """A paper row's search cost in seconds and a note: the paper's own unit where it is not seconds,
+    and its GPU where named (e.g. (4320.0, '1.2 h')); None where the paper gives no cost."""
+    for key, (factor, unit) in COST_UNITS.items():
+        if target.get(key) is not None:
+            note = [] if unit == "s" else [f"{target[key]:g} {unit}"]
+            note += [target["search_gpu"]] if target.get("search_gpu") else []
+            return float(target[key]) * factor, ", ".join(note)
+    return None
 
 
 def tolerance(std: float | None, rule: dict) -> float:
@@ -90,8 +115,9 @@ def _num(x, fmt="{:.2f}") -> str:
 
 
 def reproduction_markdown(table: pd.DataFrame, labels: dict[str, str],
-                          extra: tuple[tuple[str, str], ...] = ()) -> list[str]:
-    """The table as markdown; `extra` adds (header, column) pairs after the verdict."""
+                          extra: tuple[tuple[str, str], ...] = (), names: dict | None = None) -> list[str]:
+    """The table as markdown, methods by their papers' names (`names`: the paper results' mapping);
+    `extra` adds (header, column) pairs after the verdict."""
     if table.empty:
         return []
     head = ["Method", "Searched on", "Metric", "Paper", "Ours", "Seeds (ours / paper)", "Difference", "Tolerance",
@@ -101,7 +127,7 @@ def reproduction_markdown(table: pd.DataFrame, labels: dict[str, str],
         paper = _num(r["paper_mean"]) + ("" if _missing(r["paper_std"]) else f"±{_num(r['paper_std'])}")
         ours = _num(r["ours_mean"]) + ("" if _missing(r["ours_std"]) else f"±{_num(r['ours_std'])}")
         seeds = f"{r['n_seeds']} / {'?' if _missing(r['paper_seeds']) else int(r['paper_seeds'])}"
-        lines.append("| " + " | ".join([r["method"], r["searched_on"], labels.get(r["metric"], r["metric"]), paper,
+        lines.append("| " + " | ".join([(names or {}).get(r["method"], r["method"]), r["searched_on"], labels.get(r["metric"], r["metric"]), paper,
                                          ours, seeds, _num(r["difference"], "{:+.2f}"), f"±{r['tolerance']:.2f}",
                                          r["verdict"], *(str(r[c]) for _, c in extra)]) + " |")
     return lines

@@ -121,9 +121,9 @@ def test_report_renders_the_ledger_without_results(tmp_path, bench):
     text = (empty / "REPORT.md").read_text()
     assert "the ledger of paper-profile GPU runs" in text
     ostr = bench.lookup(BEST)["cifar10_test_acc"]  # 94.37 against OStr-DARTS' 94.36±0.00 (tolerance 0.3)
-    row = next(line for line in text.splitlines() if line.startswith("| ostr | cifar10 | C10 test |"))
+    row = next(line for line in text.splitlines() if line.startswith("| OStr-DARTS | cifar10 | C10 test |"))
     assert f"| {ostr:.2f}±0.00 | 2 / 5 |" in row and "| match |" in row and CARD in row and "abc1234" in row
-    row = next(line for line in text.splitlines() if line.startswith("| darts_pt | cifar10 | C10 test |"))
+    row = next(line for line in text.splitlines() if line.startswith("| DARTS-PT | cifar10 | C10 test |"))
     assert f"{bench.lookup(OTHER)['cifar10_test_acc']:.2f}" in row and "| off |" in row
     assert "Stale (older protocol)" not in text
 
@@ -158,7 +158,7 @@ def test_stale_record_is_shown_apart(tmp_path, bench):
     report(spec, RUNTIME, tmp_path / "out", paper=load_paper_results(ROOT / "params"), ledger_dir=ledger)
     text = (tmp_path / "out" / "REPORT.md").read_text()
     main_part, stale_part = text.split("#### Stale (older protocol)")
-    row = next(line for line in main_part.splitlines() if line.startswith("| ostr | cifar10 | C10 test |"))
+    row = next(line for line in main_part.splitlines() if line.startswith("| OStr-DARTS | cifar10 | C10 test |"))
     assert "| 1 / 5 |" in row and "0ld0ld0" not in main_part  # the stale seed is not averaged in
-    assert f"| ostr | cifar10 | 1 | {PROTOCOL_VERSIONS['ostr'] - 1} / {PROTOCOL_VERSIONS['ostr']} |" in stale_part
+    assert f"| OStr-DARTS | cifar10 | 1 | {PROTOCOL_VERSIONS['ostr'] - 1} / {PROTOCOL_VERSIONS['ostr']} |" in stale_part
     assert "0ld0ld0" in stale_part and record_path(stale, ledger).exists()

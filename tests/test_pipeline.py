@@ -42,7 +42,7 @@ def test_run_produces_arch_lookup_report(project):
     history = json.loads(next(supernets[0].parent.glob("history.json")).read_text())
     assert history[-1]["train_acc"] > 10.0  # above chance on 10 classes
     report = (project / "results" / "REPORT.md").read_text()
-    assert "| darts | cifar10 | 2 |" in report and "Optimal" in report
+    assert "| DARTS (1st order) | cifar10 | 2 |" in report and "Optimal" in report
     assert (project / "results" / "nb201" / "figures" / "search_trajectory.png").stat().st_size > 1000
     metrics = json.loads((project / "results" / "metrics.json").read_text())
     assert metrics["nb201"]["darts/cifar10"]["n_seeds"] == 2
@@ -145,7 +145,7 @@ def test_darts_space_searches_then_retrains(darts_project):
     assert pt_result["wall_time_s"]["select"] > 0
     report = (darts_project / "results" / "REPORT.md").read_text()
     assert "## DARTS space" in report
-    for method in ("darts", "darts_pt", "ostr"):
+    for method in ("DARTS (1st order)", "DARTS-PT", "OStr-DARTS"):  # the papers' names
         assert f"| {method} | cifar10 | 1 |" in report
 
 

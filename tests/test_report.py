@@ -50,7 +50,7 @@ def test_means_stds_ranks_and_search_cost(results):
         assert summary.loc["darts_pt", f"{m}_std"] == pytest.approx(pd.Series([a[m], b[m]]).std())  # sample std
     assert summary.loc["darts_pt", "n_seeds"] == 2 and pd.isna(summary.loc["ostr", "cifar10_test_acc_std"])
     # search cost counts every training stage and derive, never the lookup
-    assert runs["search_cost_h"].iloc[0] == pytest.approx((3600 + 1800 + 36) / 3600)
+    assert runs["search_cost_s"].iloc[0] == pytest.approx(3600 + 1800 + 36)
     assert list(runs["rank"]) == [bench.lookup(x)["rank"] for x in ARCHS]
     assert bench.lookup(ARCHS[2])["rank"] > bench.lookup(ARCHS[0])["rank"]
 
@@ -91,12 +91,12 @@ def test_failed_seed_is_shown_not_silently_averaged(results, tmp_path):
             "results": [e["file"] for e in expected], "ranking": []}
     report(spec, runtime, root, paper=load_paper_results(ROOT / "params"))
     text = (root / "REPORT.md").read_text()
-    assert "| darts_pt | cifar10 | 2 of 3 |" in text
-    assert "Missing runs" in text and "darts_pt nb201/cifar10 seed 2" in text
+    assert "| DARTS-PT | cifar10 | 2 of 3 |" in text
+    assert "Missing runs" in text and "DARTS-PT nb201/cifar10 seed 2" in text
     html = (root / "REPORT.html").read_text()
-    assert "<table>" in html and "search_trajectory.png" in html
+    assert "<table>" in html and 'alt="search_trajectory"' in html
     summary = pd.read_parquet(root / "nb201" / "summary.parquet")
-    assert len(summary) == 2 and {"arch", "rank", "device", "wall_supernet_s", "search_cost_h"} <= set(summary.columns)
+    assert len(summary) == 2 and {"arch", "rank", "device", "wall_supernet_s", "search_cost_s"} <= set(summary.columns)
 
 
 def test_paper_results_file_is_checked(tmp_path):

@@ -224,5 +224,5 @@ def test_se_nas_and_spos_end_to_end_on_nb201(se_project):
     shrink = json.loads((run_dir / "se_nas" / "shrink1" / "shrink.json").read_text())
     assert len(shrink["dropped"]) == 2 and -1 <= shrink["ranking"]["kendall_tau"] <= 1
     report = (se_project / "results" / "REPORT.md").read_text()
-    for method in ("se_nas", "spos"):
+    for method in ("SE-NAS", "SPOS"):  # the papers' names
         assert any(line.startswith(f"| {method} | cifar10 | 1 |") for line in report.splitlines()), method
