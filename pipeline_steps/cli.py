@@ -81,10 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.command in cli_user.HANDLERS:
-        cli_user.HANDLERS[args.command](args)
-    else:
+    if args.command in STAGE_COMMANDS:
         cli_stages.run(args)
+    else:
+        cli_user.HANDLERS[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> int:
