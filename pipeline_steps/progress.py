@@ -70,13 +70,13 @@ def _isatty(stream: TextIO) -> bool:
 class StepProgress:
     """The steps of one epoch: call `step()` after each, `close()` at the end.
 
-    `loss()` returns the running mean loss; it is called only when a heartbeat is due, because on
-    a GPU it waits for the queued steps. `images_per_step` turns steps into images/s.
+    `measure()` returns (running mean loss, images trained on so far); it is called only when a
+    heartbeat is due, because on a GPU reading the loss waits for the queued steps.
     `enabled=False` prints nothing and shows no bar (tests, inner loops)."""
 
-    def __init__(self, label: str, total: int, images_per_step: int, loss: Callable[[], float],
+    def __init__(self, label: str, total: int, measure: Callable[[], tuple[float, int]],
                  enabled: bool = True, interval: float | None = None, stream: TextIO | None = None):
-        self.label, self.total, self.images_per_step, self.loss = label, total, images_per_step, loss
+        self.label, self.total, self.measure = label, total, measure
         self.stream = stream or sys.stderr
         self.interval = (interval if interval is not None else heartbeat_interval()) if enabled else None
         self.bar = tqdm(total=total, desc=label, leave=False, mininterval=2.0, file=self.stream) \
@@ -93,7 +93,7 @@ class StepProgress:
             self.beat()
 
     def beat(self) -> None:
-        loss = self.loss()  # waits for the device first, so the rate below counts finished steps
+        loss, images = self.measure()  # waits for the device first, so the rate counts finished steps
         now = time.monotonic()
         elapsed = max(now - self.started, 1e-9)
         per_step = elapsed / max(self.done, 1)
@@ -101,7 +101,7 @@ class StepProgress:
             self.bar.set_postfix_str(f"loss={loss:.4g}")
         else:
             log_line(f"{self.label} step {self.done}/{self.total} loss={loss:.4g} "
-                     f"{self.done * self.images_per_step / elapsed:.1f} images/s "
+                     f"{images / elapsed:.1f} images/s "
                      f"ETA {duration((self.total - self.done) * per_step)}", self.stream)
         self.next_at = now + (self.interval or math.inf)
 

@@ -141,7 +141,8 @@ def retrain(model: nn.Module, train: DeviceImages, test: DeviceImages, settings:
         model.train()
         stats = StepStats()
         order = torch.randperm(n, generator=generator)
-        meter = StepProgress(f"retrain epoch {epoch + 1}", steps, bs, lambda: stats.means()[0], enabled=progress)
+        meter = StepProgress(f"retrain epoch {epoch + 1}", steps, lambda: (stats.means()[0], stats.count),
+                             enabled=progress)
         for start in range(0, n, bs):
             idx = order[start:start + bs]
             if len(idx) < 2 and start > 0:

@@ -116,11 +116,11 @@ def train_epoch(state: SupernetState, data: SearchData, mode: str, settings: Ste
     lr = state.w_optimizer.param_groups[0]["lr"]
     fast = _captured_step(state, mode, settings, hooks, captured)
     if fast is None:
-        loss = lambda: _running_loss(train_stats, val_stats)  # noqa: E731
+        measure = lambda: _running(train_stats, val_stats)  # noqa: E731
     else:
-        loss = lambda: float(fast.train_loss) / max(fast.train_count, 1)  # noqa: E731
-    meter = StepProgress(f"{label + ' ' if label else ''}epoch {state.epoch + 1}", data.steps_per_epoch,
-                         data.batch_size, loss, enabled=progress)
+        measure = lambda: (float(fast.train_loss) / max(fast.train_count, 1), fast.train_count)  # noqa: E731
+    meter = StepProgress(f"{label + ' ' if label else ''}epoch {state.epoch + 1}", data.steps_per_epoch, measure,
+                         enabled=progress)
     try:
         if fast is None:
             step = MODES[mode]
@@ -147,10 +147,10 @@ def train_epoch(state: SupernetState, data: SearchData, mode: str, settings: Ste
     return record
 
 
-def _running_loss(train_stats: StepStats, val_stats: StepStats) -> float:
-    """Mean loss of the epoch's steps so far (weight steps; alpha steps for a mode without them)."""
+def _running(train_stats: StepStats, val_stats: StepStats) -> tuple[float, int]:
+    """(mean loss, images) of the epoch's steps so far: weight steps, or alpha steps for a mode without them."""
     stats = train_stats if train_stats.count else val_stats
-    return stats.means()[0] if stats.count else float("nan")
+    return (stats.means()[0] if stats.count else float("nan")), stats.count
 
 
 def _captured_step(state: SupernetState, mode: str, settings: StepSettings, hooks: list, captured: str):

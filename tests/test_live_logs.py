@@ -69,17 +69,17 @@ def test_heartbeat_interval_setting(monkeypatch):
 def test_loss_is_read_only_when_a_line_is_printed(capsys):
     reads = []
 
-    def loss():
+    def measure():
         reads.append(1)
-        return 1.5
+        return 1.5, 8 * len(reads)
 
-    quiet = progress.StepProgress("x", 500, 8, loss, interval=3600.0)
+    quiet = progress.StepProgress("x", 500, measure, interval=3600.0)
     for _ in range(500):
         quiet.step()
     quiet.close()
     assert reads == [] and capsys.readouterr().err == ""   # the step loop never syncs for nothing
 
-    every = progress.StepProgress("x", 5, 8, loss, interval=1e-9)
+    every = progress.StepProgress("x", 5, measure, interval=1e-9)
     for _ in range(5):
         every.step()
     lines = capsys.readouterr().err.splitlines()
