@@ -33,6 +33,20 @@ for damaged in PLAN.set_aside_damaged_checkpoints():
 # so that changing them (tracking URI, data location, device) re-runs nothing.
 os.environ["NASFLOW_RUNTIME"] = runtime_json(PLAN)
 
+# One MLflow parent run per invocation holds its stages' runs; made only when jobs run (invocation.py).
+from pipeline_steps.invocation import end_invocation, start_invocation
+
+onstart:
+    start_invocation(PLAN, main_invocation)
+
+# Every job this Snakemake ran is recorded by now: the checkpoints kept for a kill in that window go.
+onsuccess:
+    end_invocation(succeeded=True)
+    remove_finished_resume_files(Path(workflow.basedir) / "results")
+
+onerror:
+    end_invocation(succeeded=False)
+
 wildcard_constraints:
     seed=r"\d+",
     key=r"[0-9a-f]{10}",

@@ -17,7 +17,7 @@ from .methods import get_method
 from .scores.child_eval import benchmark_accuracies, current_space, evaluate_nb201, nb201_arch, rank_correlation
 from .scores.child_eval import scoring_batches
 from .spaces import get_space
-from .stage_run import data_settings, stage_tags
+from .stage_run import data_settings, log_data, run_name, stage_tags
 from .supernet import Optimisation, init_state
 from .tracking import Tracker
 
@@ -37,14 +37,15 @@ def ranking(spec: dict, runtime: dict, state_files: list[Path], out: Path) -> No
     s = spec["settings"]
     space = get_space(spec["space"], spec["space_settings"])
     device = resolve_device(runtime["device"], runtime.get("gpu_slots", 1))
-    data = SearchData(data_settings(spec, runtime), s["images"], device)
+    settings = data_settings(spec, runtime)
+    data = SearchData(settings, s["images"], device)
     generator = torch.Generator().manual_seed(spec["seed"])
     batches = scoring_batches(data, generator, images=s["images"], batch_size=s["images"])
     bench = load_benchmark(spec["benchmark"]["source"], spec["benchmark"]["path"])
     state = init_state(space, data.num_classes, Optimisation(epochs=1), spec["seed"], device)
-    tracker = Tracker(runtime["tracking"], f"{spec['method']}-ranking-nb201-{spec['dataset']}-seed{spec['seed']}",
-                      stage_tags(spec, runtime, spec["method"]))
+    tracker = Tracker(runtime["tracking"], run_name(spec), stage_tags(spec, runtime, spec["method"]))
     tracker.log_params(spec)
+    log_data(tracker, settings, data.fingerprint, len(data.images), "evaluation")
     per_stage = []
     for i, path in enumerate(state_files):
         ckpt = load_checkpoint(path)

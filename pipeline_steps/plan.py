@@ -176,7 +176,9 @@ class Plan:
             "channels_last": {True: "on", False: "off"}.get(c["channels_last"], c["channels_last"]),
             "data": {k: c["data"][k] for k in ("root", "source", "download")},
             "benchmark": c["benchmark"],
-            "tracking": {**c["tracking"], "uri": uri, "artifacts": (self.project_dir / "mlartifacts").as_uri()},
+            # parent_run_id: the invocation's MLflow run (invocation.py); runtime only, in no hash
+            "tracking": {**c["tracking"], "uri": uri, "artifacts": (self.project_dir / "mlartifacts").as_uri(),
+                         "parent_run_id": os.environ.get("NASFLOW_PARENT_RUN")},
             "profile": c["profile"],
             "config_hash": spec_key({k: v for k, v in c.items()
                                      if k not in ("device", "captured_step", "channels_last", "gpu_slots", "tracking",

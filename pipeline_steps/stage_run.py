@@ -26,6 +26,22 @@ from .tracking import Tracker
 from .train import step_settings, train_epoch
 
 
+def run_name(spec: dict) -> str:
+    """A stage run's MLflow name: what ran, on what, which seed ("darts_pt select nb201/cifar10
+    seed0"); a supernet also names its key, as methods with other supernet settings train their own."""
+    where = f"{spec['space']}/{spec['dataset']} seed{spec['seed']}"
+    if spec["stage"] == "supernet":
+        return f"supernet {where} {spec_key(spec)}"
+    return f"{spec['method']} {spec['stage']} {where}"
+
+
+def log_data(tracker: Tracker, settings: DataSettings, fingerprint: str, images: int, context: str) -> None:
+    """The images a stage read as the run's dataset input; its digest is the data fingerprint."""
+    tracker.log_dataset(settings.dataset, fingerprint, str(settings.root), context,
+                        profile={"images": images, "image_size": settings.image_size, "source": settings.source,
+                                 "max_images": settings.max_images})
+
+
 def stage_tags(spec: dict, runtime: dict, method: str) -> dict:
     return {"method": method, "space": spec["space"], "dataset": spec["dataset"], "seed": spec["seed"],
             "stage": spec["stage"], "stage_key": spec_key(spec), "git_commit": runtime["git_commit"],
@@ -60,7 +76,8 @@ class StageRun:
         self.space = get_space(spec["space"], spec["space_settings"])
         self.device = resolve_device(runtime["device"], runtime.get("gpu_slots", 1))
         search = spec["search"]
-        self.data = SearchData(data_settings(spec, runtime), search["batch_size"], self.device)
+        self.data_settings = data_settings(spec, runtime)
+        self.data = SearchData(self.data_settings, search["batch_size"], self.device)
         self.state = init_state(self.space, self.data.num_classes, optimisation(search), spec["seed"], self.device)
         self.memory_format = use_memory_format(self.state.model, self.device, runtime.get("channels_last", "off"))
         self.wall = 0.0
@@ -79,9 +96,14 @@ class StageRun:
                 self.wall = float(meta.get("wall_time_s", 0.0))
                 print(f"resuming {spec['stage']} {self.key} after epoch {self.state.epoch}", file=sys.stderr)
         self.resumed = bool(meta)
-        self.tracker = Tracker(runtime["tracking"], run_name, stage_tags(spec, runtime, method), run_id=meta.get("run_id"))
-        if not meta:
-            self.tracker.log_params(spec)
+        # a resumed stage logs to a new run linked to the one its checkpoint names (tracking.py)
+        self.tracker = Tracker(runtime["tracking"], run_name, stage_tags(spec, runtime, method),
+                               previous_run=meta.get("run_id"))
+        self.tracker.log_params(spec)
+        log_data(self.tracker, self.data_settings, self.data.fingerprint, len(self.data.images), "training")
+        for record in self.state.history if self.resumed else ():
+            if record.get("stage") == spec["stage"]:
+                self.tracker.log_metrics({k: v for k, v in record.items() if isinstance(v, float)}, step=record["epoch"])
         self.bench = load_benchmark(runtime["benchmark"]["source"], runtime["benchmark"]["path"]) \
             if spec["space"] == "nb201" else None
         self.step_settings = step_settings(spec.get("mode"), search)

@@ -22,7 +22,7 @@ from .spaces import get_space
 from .spaces.genotype import Genotype, genotype_from_json
 from .spos import KeptSnapshots
 from .checkpoints import load_checkpoint, load_resume
-from .stage_run import StageRun, data_settings, stage_tags
+from .stage_run import StageRun, data_settings, log_data, run_name, stage_tags
 from .tracking import Tracker
 
 
@@ -30,8 +30,7 @@ def supernet(spec: dict, runtime: dict, out_ckpt: Path, out_metrics: Path, out_h
     """Train the shared supernet for `search.epochs` epochs in `spec.mode` (alpha frozen for the first
     `alpha_warmup` epochs where a method asks for a warm-up), checkpointing every epoch; with
     `search.snapshots` K, the last epoch's K-snapshot weight average is kept in the state."""
-    run = StageRun(spec, runtime, out_ckpt.parent, f"supernet-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
-                   "shared")
+    run = StageRun(spec, runtime, out_ckpt.parent, run_name(spec), "shared")
     epochs, snapshots = spec["search"]["epochs"], spec["search"].get("snapshots", 0)
     log_line(f"supernet {run.key}: epoch {run.state.epoch} of {epochs}, {run.data.steps_per_epoch} steps per epoch "
              f"(batch {run.data.batch_size}) on {run.device}")
@@ -45,9 +44,7 @@ def supernet(spec: dict, runtime: dict, out_ckpt: Path, out_metrics: Path, out_h
 def method_stage(spec: dict, runtime: dict, start: Path, out_ckpt: Path, out_metrics: Path, out_history: Path) -> None:
     """A method's own stage on the state `start` holds (e.g. DARTS-PT's selection); resumes per epoch."""
     method, settings = get_method(spec["method"]), spec["settings"]
-    run = StageRun(spec, runtime, out_ckpt.parent,
-                   f"{spec['method']}-{spec['stage']}-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
-                   spec["method"], start=start, prepare=lambda state: method.prepare_stage(spec["stage"], state, settings),
+    run = StageRun(spec, runtime, out_ckpt.parent, run_name(spec), spec["method"], start=start, prepare=lambda state: method.prepare_stage(spec["stage"], state, settings),
                    load=method.load_state)
     log_line(f"{spec['method']} {spec['stage']} {run.key}: from {start} at epoch {run.state.epoch}, "
              f"{run.data.steps_per_epoch} steps per epoch (batch {run.data.batch_size}) on {run.device}")
@@ -70,8 +67,7 @@ def derive(spec: dict, runtime: dict, state_ckpt: Path, out: Path) -> None:
     index = method.select_record(space, history, spec["settings"])
     record = history[index]
     arch = method.derive(space, record, spec["settings"])
-    tracker = Tracker(runtime["tracking"], f"{spec['method']}-derive-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
-                      stage_tags(spec, runtime, spec["method"]))
+    tracker = Tracker(runtime["tracking"], run_name(spec), stage_tags(spec, runtime, spec["method"]))
     tracker.log_params(spec)
     result = {"arch": str(arch), "method": spec["method"], "space": spec["space"], "ops": list(space.ops),
               "state_key": ckpt["meta"]["key"],
@@ -140,8 +136,7 @@ def lookup(spec: dict, runtime: dict, arch_file: Path, stage_metrics: list[Path]
     bench = load_benchmark(spec["benchmark"]["source"], spec["benchmark"]["path"])
     arch = read_json(arch_file)
     row = bench.lookup(arch["arch"])
-    tracker = Tracker(runtime["tracking"], f"{spec['method']}-lookup-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
-                      stage_tags(spec, runtime, spec["method"]))
+    tracker = Tracker(runtime["tracking"], run_name(spec), stage_tags(spec, runtime, spec["method"]))
     tracker.log_params(spec)
     history = read_json(history_file)
     trajectories = {}
@@ -183,10 +178,12 @@ def retrain(spec: dict, runtime: dict, arch_file: Path, stage_metrics: list[Path
     model = model.to(device)
     resume = out_model.with_name("resume.pt")
     meta = (load_resume(resume) or {}).get("meta", {})
-    tracker = Tracker(runtime["tracking"], f"{spec['method']}-retrain-{spec['space']}-{spec['dataset']}-seed{spec['seed']}",
-                      stage_tags(spec, runtime, spec["method"]), run_id=meta.get("run_id"))
-    if not meta:
-        tracker.log_params(spec)
+    # a resumed retrain logs to a new run linked to the one its checkpoint names (tracking.py)
+    tracker = Tracker(runtime["tracking"], run_name(spec), stage_tags(spec, runtime, spec["method"]),
+                      previous_run=meta.get("run_id"))
+    tracker.log_params(spec)
+    log_data(tracker, data, train_images.fingerprint, len(train_images), "training")
+    log_data(tracker, data, test_images.fingerprint, len(test_images), "evaluation")
     result = retrain_network(model, train_images, test_images, settings, resume, spec["seed"],
                              on_epoch=lambda r: tracker.log_metrics(r, step=r["epoch"]), meta={"run_id": tracker.run_id})
     os.replace(resume, out_model)

@@ -1,112 +1,66 @@
-"""MLflow tracking for stages: one MLflow run per stage, tied together by tags.
+"""MLflow tracking for stages: one run per stage, nested under one parent run per Snakemake
+invocation (pipeline_steps/invocation.py), with a readable name unique among its siblings
+("darts_pt select nb201/cifar10 seed0"), MLflow's source/git tags (commit and dirty flag), and the
+data it trained on as a dataset input whose digest is the data fingerprint.
 
-Parallel jobs share one SQLite file, which answers "database is locked" (or races on creating
-the schema) under contention: every call is retried with jittered backoff.
+A stage that fails ends its run FAILED, one that is stopped (SIGTERM, Ctrl-C) KILLED; a run still
+open when the process exits otherwise is ended FAILED. A stage that resumes from its checkpoint
+starts a new run in the current invocation, tagged `nasflow.resumed_from` with the run it continues
+(which is ended KILLED if a hard kill left it RUNNING); the resumed training stage re-logs the
+metrics of its finished epochs, so its run holds the whole curve. Stage commands run outside
+Snakemake log top-level runs (no parent), unless NASFLOW_PARENT_RUN names one.
 """
 from __future__ import annotations
 
-import fcntl
+import atexit
 import json
-import os
-import random
 import tempfile
 import time
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from .errors import NasflowError
+from .tracking_backend import (PARENT_TAG, SERVER_CHECK_TIMEOUT_S, check_server, connect, retry,  # noqa: F401
+                               source_tags, unique_name)
 
-_TRANSIENT = ("database is locked", "already exists", "unique constraint", "could not obtain lock",
-              "disk i/o error", "connection refused", "temporarily unavailable")
-
-
-# A server that stops answering must not hold training up: MLflow's own HTTP retries are cut to a
-# few short ones, and ours give up after RETRY_BUDGET_S in all.
-RETRY_BUDGET_S = 60.0
-SERVER_CHECK_TIMEOUT_S = 5.0
-MLFLOW_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
-
-
-def _retry(fn: Callable[[], Any], attempts: int = 12, budget_s: float = RETRY_BUDGET_S) -> Any:
-    start = time.monotonic()
-    for i in range(attempts):
-        try:
-            return fn()
-        except Exception as e:  # mlflow wraps sqlite errors in several exception types
-            if (i == attempts - 1 or time.monotonic() - start > budget_s
-                    or not any(t in str(e).lower() for t in _TRANSIENT)):
-                raise
-            time.sleep(min(5.0, 0.1 * 2 ** i) * (0.5 + random.random()))
-
-
-def check_server(uri: str, timeout_s: float = SERVER_CHECK_TIMEOUT_S) -> None:
-    """An MLflow server must answer its /health within `timeout_s`, else the stage stops at once
-    with one line (rather than after MLflow's retries of many minutes)."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
-            r.read(64)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        raise NasflowError(f"tracking server {uri} did not answer within {timeout_s:.0f} s ({reason}); start it, "
-                           "fix tracking.uri, or set tracking.enabled: false") from None
-
-
-@contextmanager
-def _sqlite_init_lock(uri: str) -> Iterator[None]:
-    """MLflow creates and migrates a new SQLite schema on first use; two jobs doing it at once
-    corrupt the version table. Serialise that first contact with a lock file beside the DB."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    db = Path(uri[len("sqlite:///"):])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+RESUMED_FROM_TAG = "nasflow.resumed_from"
 
 
 class Tracker:
     """No-op when tracking is disabled, so stages never branch on it. Runs not yet finished are
-    listed in `Tracker.open`, so that a failing or stopped job can end them (`end_open_runs`)."""
+    listed in `Tracker.open`, so that a failing or stopped job can end them (`end_open_runs`).
+    `previous_run`: the run of this stage that a resumed checkpoint names; `source`: the entry point
+    shown as the run's source (default `pipeline_steps <stage>`)."""
 
     open: list["Tracker"] = []
 
-    def __init__(self, tracking: dict, run_name: str, tags: dict[str, Any], run_id: str | None = None):
+    def __init__(self, tracking: dict, run_name: str, tags: dict[str, Any], previous_run: str | None = None,
+                 source: str | None = None):
         self.enabled = bool(tracking.get("enabled"))
-        self.run_id = run_id
+        self.run_id: str | None = None
+        self.run_name = run_name
         if not self.enabled:
             return
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        for key, value in MLFLOW_HTTP_SETTINGS.items():
-            os.environ.setdefault(key, value)
-        if tracking["uri"].startswith(("http://", "https://")):
-            check_server(tracking["uri"])
-        from mlflow.tracking import MlflowClient
-
-        with _sqlite_init_lock(tracking["uri"]):
-            self.client = MlflowClient(tracking_uri=tracking["uri"])
-            exp_id = _retry(lambda: self._experiment(tracking["experiment"], tracking.get("artifacts")))
-        if run_id is None:
-            run = _retry(lambda: self.client.create_run(exp_id, run_name=run_name,
-                                                        tags={k: str(v) for k, v in tags.items()}))
-            self.run_id = run.info.run_id
-        else:  # resumed stage: keep logging into the same run
-            _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        self.client, self.experiment_id = connect(tracking)
+        exp_id, parent = self.experiment_id, tracking.get("parent_run_id")
+        all_tags = {**source_tags(source or f"pipeline_steps {tags.get('stage', run_name)}"),
+                    **{k: str(v) for k, v in tags.items()}}
+        if parent:
+            all_tags[PARENT_TAG] = parent
+        if previous_run:
+            all_tags[RESUMED_FROM_TAG] = previous_run
+            self._end_if_running(previous_run, "KILLED")  # a hard kill (SIGKILL, OOM) could not end it
+        self.run_name = unique_name(self.client, exp_id, run_name, parent)
+        run = retry(lambda: self.client.create_run(exp_id, run_name=self.run_name, tags=all_tags))
+        self.run_id = run.info.run_id
         Tracker.open.append(self)
 
-    def _experiment(self, name: str, artifacts: str | None) -> str:
-        exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        return self.client.create_experiment(name, artifact_location=artifacts and f"{artifacts}/{name}")
+    def _end_if_running(self, run_id: str, status: str) -> None:
+        try:
+            run = retry(lambda: self.client.get_run(run_id))
+        except Exception:  # another store, or deleted: nothing to end
+            return
+        if run.info.status == "RUNNING":
+            retry(lambda: self.client.set_terminated(run_id, status=status))
 
     def log_params(self, params: dict[str, Any]) -> None:
         if self.enabled:
@@ -114,7 +68,7 @@ class Tracker:
 
             flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
             for i in range(0, len(flat), 100):
-                _retry(lambda: self.client.log_batch(self.run_id, params=flat[i:i + 100]))
+                retry(lambda: self.client.log_batch(self.run_id, params=flat[i:i + 100]))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.enabled:
@@ -122,11 +76,22 @@ class Tracker:
 
             now = int(time.time() * 1000)
             batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-            _retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+            retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
 
-    def log_artifact(self, path: str | Path) -> None:
+    def log_dataset(self, name: str, digest: str, source: str, context: str, profile: dict | None = None) -> None:
+        """The data a stage read, as an MLflow dataset input: `digest` is the data fingerprint (a hash
+        of the pixels and labels), `source` where it was read from, `context` e.g. training."""
         if self.enabled:
-            _retry(lambda: self.client.log_artifact(self.run_id, str(path)))
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            ds = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
+                         profile=json.dumps(profile) if profile else None)
+            inp = DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])
+            retry(lambda: self.client.log_inputs(self.run_id, datasets=[inp]))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_dict(self, obj: Any, name: str) -> None:
         if self.enabled:
@@ -138,23 +103,42 @@ class Tracker:
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.enabled:
             for k, v in tags.items():
-                _retry(lambda: self.client.set_tag(self.run_id, k, str(v)))
+                retry(lambda: self.client.set_tag(self.run_id, k, str(v)))
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled:
-            _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+            retry(lambda: self.client.set_terminated(self.run_id, status=status))
             if self in Tracker.open:
                 Tracker.open.remove(self)
 
 
 def end_open_runs(status: str) -> None:
-    """End every run this process left open (FAILED after an error, KILLED when stopped); a
-    resumed stage reopens its run as RUNNING."""
+    """End every run this process left open (FAILED after an error, KILLED when stopped)."""
     for tracker in list(Tracker.open):
         try:
             tracker.finish(status)
         except Exception:  # the tracking backend may be what failed
-            Tracker.open.remove(tracker)
+            if tracker in Tracker.open:
+                Tracker.open.remove(tracker)
+
+
+# Whatever way a stage ends without finishing its run (an error the command line did not catch,
+# sys.exit), the run must not stay RUNNING. Stops are ended KILLED before this runs.
+atexit.register(end_open_runs, "FAILED")
+
+
+def log_report(runtime: dict, spec: dict, results_dir: Path, files: list[Path]) -> None:
+    """The report stage's run: REPORT.md, REPORT.html and the figures, each under its path relative
+    to the results directory, so that the report's links to its figures hold in the artifact store."""
+    tracker = Tracker(runtime["tracking"], f"report {spec['profile']} {' '.join(spec['spaces'])}",
+                      {"stage": "report", "params_hash": runtime["config_hash"], "git_commit": runtime["git_commit"],
+                       "profile": spec["profile"]})
+    root = Path(results_dir).resolve()
+    for path in files:
+        folder = Path(path).resolve().parent
+        tracker.log_artifact(path, str(folder.relative_to(root)) if folder != root and folder.is_relative_to(root)
+                             else None)
+    tracker.finish()
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
