@@ -98,7 +98,7 @@ def trajectory_plot(results: list[dict], path: Path, paper: dict | None = None,
             ax.plot(epochs, mean, marker=MARKERS[i % len(MARKERS)], linestyle=STYLES[i % len(STYLES)],
                     linewidth=3.2 - 0.7 * i, markersize=8 - 1.2 * i, zorder=2 + i, label=label)
             if len(runs) > 1:
-                ax.fill_between(epochs, mean - std, mean + std, alpha=0.12, zorder=1)
+                ax.fill_between(epochs, np.clip(mean - std, 0, 100), np.clip(mean + std, 0, 100), alpha=0.12, zorder=1)
             drawn[criterion] = mean
         for x, (stage, before) in zip(epochs[1:], zip(stages[1:], stages)):
             if stage != before:  # where the method's own stages (e.g. DARTS-PT's selection) take over
@@ -106,7 +106,8 @@ def trajectory_plot(results: list[dict], path: Path, paper: dict | None = None,
                 ax.annotate(stage, (x - 0.5, 1.0), xycoords=("data", "axes fraction"), fontsize=8, color="grey",
                             ha="left", va="top", xytext=(2, -2), textcoords="offset points")
         if optimal is not None:
-            ax.axhline(optimal, color="black", linewidth=0.8, linestyle=":", label=f"best cell in NB201 ({optimal:.2f})")
+            ax.axhline(optimal, color="grey", linewidth=0.9, linestyle=(0, (1, 3)), zorder=0,
+                       label=f"best cell in NB201 ({optimal:.2f})")
         seeds = ", ".join(str(r["seed"]) for r in runs)
         ax.set_title(", ".join(method_name(paper, m) for m in methods) + f"\n(seeds {seeds})")
         ax.set_xlabel("epoch (supernet, then the method's stages)")

@@ -11,7 +11,7 @@ import numpy as np
 
 from .atomic import read_json
 from .report_figures import _plt, _save
-from .reproduction import method_name
+from .reproduction import criterion_name, method_name
 
 
 def edge_names(space: str, n_edges: int) -> list[str]:
@@ -54,11 +54,11 @@ def _softmax(alpha: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return e / np.where(total > 0, total, 1)
 
 
-def _panels(arch: dict) -> list[tuple[str, str, np.ndarray, bool]]:
+def _panels(arch: dict, paper: dict) -> list[tuple[str, str, np.ndarray, bool]]:
     """(name, cell type, values, on the 0-1 scale) per panel."""
     panels = [("softmax(alpha)", kind, _softmax(np.asarray(a, float), np.asarray(arch["mask"][kind], bool)), True)
               for kind, a in arch["alpha"].items()]
-    return panels + [(f"{name} score", kind, np.asarray(s, float), False)
+    return panels + [(f"{criterion_name(paper, name)} score", kind, np.asarray(s, float), False)
                      for name, per_kind in arch.get("scores", {}).items() for kind, s in per_kind.items()]
 
 
@@ -85,6 +85,11 @@ def _draw(fig, ax, arch: dict, name: str, kind: str, values: np.ndarray, probabi
     ax.set_yticks(range(len(edges)), edges)
     ax.set_ylabel("edge (from->to node)")
     spread = f"values {alive.min():.3f}-{alive.max():.3f}"
+    open_rows = [values[e, mask[e]] for e in range(len(values)) if mask[e].sum() > 1]
+    if probability and not open_rows:
+        spread = "one op left per edge"
+    elif probability and all(r.max() - r.min() < 1e-3 for r in open_rows):  # SPOS, fixed alpha: alpha never moved
+        spread = f"uniform {alive.mean():.3f}: alpha not trained"
     title = f"{name}, {kind} cell" if len(arch["mask"]) > 1 else name
     ax.set_title(f"{title}\n{spread}" + (", colour 0-1" if probability else ", colour = this range"), fontsize=10)
     bar = fig.colorbar(im, ax=ax, fraction=0.05)
@@ -105,11 +110,11 @@ def heatmaps(arch_files: list[Path], out_dir: Path, paper: dict | None = None) -
         first = runs[0][1]
         n_edges = len(next(iter(first["mask"].values())))
         edges = edge_names(first.get("space", "nb201" if n_edges == 6 else "darts"), n_edges)
-        n_panels = len(_panels(first))
+        n_panels = len(_panels(first, paper))
         fig, axes = plt.subplots(len(runs), n_panels, squeeze=False, layout="constrained",
                                  figsize=(4.6 * n_panels, (0.32 * n_edges + 1.9) * len(runs)))
         for row, (seed, arch) in zip(axes, runs):
-            for ax, panel in zip(row, _panels(arch)):
+            for ax, panel in zip(row, _panels(arch, paper)):
                 _draw(fig, ax, arch, *panel, edges)
             row[0].set_ylabel(f"{seed.replace('seed', 'seed ')}: edge (from->to node)")
         note = "nodes 0, 1: the cell's inputs; " if len(edges) == 14 else "node 0: the cell's input; "

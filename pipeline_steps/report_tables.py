@@ -69,8 +69,11 @@ def runs_table(result_files: list[str | Path], profile: str = "") -> pd.DataFram
 
 
 def method_order(paper: dict, methods) -> list[str]:
-    """The papers' order (the `names` mapping: baselines first), unknown ids after, alphabetically."""
-    known = list((paper.get("names") or {}))
+    """The registry's order (baselines first, each method's variants after it), as the papers list
+    them; ids the registry does not know after, alphabetically."""
+    from .methods import METHODS
+
+    known = list(METHODS)
     return sorted(set(methods), key=lambda m: (known.index(m) if m in known else len(known), m))
 
 

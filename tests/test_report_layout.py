@@ -180,6 +180,8 @@ def test_heatmap_names_edges_and_keeps_probabilities_on_a_fixed_scale():
     assert [t.get_text() for t in ax.get_yticklabels()] == edge_names("nb201", 6)
     assert ax.images[0].get_clim() == (0.0, 1.0) and "colour 0-1" in ax.get_title()
     assert min(t.get_fontsize() for t in ax.get_yticklabels()) >= 8
+    _draw(fig, ax, arch, "softmax(alpha)", "cell", np.full((6, 5), 0.2), True, edge_names("nb201", 6))
+    assert "uniform 0.200: alpha not trained" in ax.get_title()  # SPOS: no magnified noise, and it says why
     plt.close(fig)
 
 
