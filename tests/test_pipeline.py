@@ -53,7 +53,10 @@ def test_mlflow_has_every_stage_with_tags(project):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     exp = client.get_experiment_by_name("nasflow")
-    runs = client.search_runs([exp.experiment_id])
+    everything = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in everything if "mlflow.parentRunId" not in r.data.tags]  # the invocation's run
+    runs = [r for r in everything if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == len(everything) - 1 and parent.info.status == "FINISHED"
     stages = sorted(r.data.tags["stage"] for r in runs)
     assert stages == ["derive", "derive", "lookup", "lookup", "report", "supernet", "supernet"]
     sn = next(r for r in runs if r.data.tags["stage"] == "supernet")

@@ -107,7 +107,10 @@ def test_server_holds_every_stage_tied_together(served, mlflow_server, tmp_path)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_server)
-    runs = client.search_runs([client.get_experiment_by_name("nasflow").experiment_id])
+    everything = client.search_runs([client.get_experiment_by_name("nasflow").experiment_id])
+    (parent,) = [r for r in everything if r.data.tags["stage"] == "pipeline"]  # the invocation's run
+    runs = [r for r in everything if r is not parent]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     assert sorted(r.data.tags["stage"] for r in runs) == STAGES
     assert {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:
@@ -226,11 +229,47 @@ def test_job_killed_mid_epoch_reruns_to_the_uninterrupted_result(served, tmp_pat
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{p / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("nasflow").experiment_id])
-    assert sorted(r.data.tags["seed"] for r in runs) == ["0", "1"]  # the resumed job kept its run
-    assert {r.info.status for r in runs} == {"FINISHED"}
-    for r in runs:
+    everything = client.search_runs([client.get_experiment_by_name("nasflow").experiment_id])
+    assert sorted(r.info.status for r in everything if r.data.tags["stage"] == "pipeline") == ["FINISHED", "KILLED"]
+    runs = [r for r in everything if r.data.tags["stage"] == "supernet"]
+    # the killed job's run ended KILLED; the rerun resumed into a new run linked to it
+    assert sorted(r.data.tags["seed"] for r in runs) == ["0", "0", "1"]
+    (killed_run,) = [r for r in runs if r.info.status == "KILLED"]
+    finished = [r for r in runs if r is not killed_run]
+    assert {r.info.status for r in finished} == {"FINISHED"}
+    assert [r.data.tags.get("nasflow.resumed_from") for r in finished if r.data.tags["seed"] == "0"] == \
+        [killed_run.info.run_id]
+    for r in finished:
         assert sorted({m.step for m in client.get_metric_history(r.info.run_id, "train_loss")}) == [1, 2, 3]
+
+
+def test_snakemake_group_killed_mid_epoch_the_same_command_resumes(served, tmp_path, tiny_folder):
+    """SIGKILL of Snakemake and every job it started: its lock stays behind, yet the same command
+    runs again, resumes the stage mid-run and ends where an uninterrupted run ends."""
+    p = tiny_project(tmp_path / "group", tiny_folder)
+    reference = {s.parts[-3]: s for s in (served / "results" / "nb201" / "cifar10").glob("seed*/supernet/*")}
+    victim = p / reference["seed0"].relative_to(served)
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/default", "--config",
+           "tracking={enabled: false}"]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(p)}
+    env.pop("NASFLOW_RUNTIME", None)
+    with open(tmp_path / "group.log", "w") as log:
+        run = subprocess.Popen(cmd, cwd=p, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not (victim / "resume.pt").exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    assert (victim / "resume.pt").exists(), (tmp_path / "group.log").read_text()[-3000:]
+    assert list((p / ".snakemake" / "locks").glob("*.lock"))  # what a SIGKILL leaves
+
+    rerun = sh(*cmd, cwd=p)
+    assert "cleared the lock a killed Snakemake left behind" in rerun.stderr
+    resumed = re.findall(r"resuming .* after epoch (\d+)", (victim / "log.txt").read_text())
+    assert resumed and int(resumed[0]) >= 1, resumed  # mid-run, not from scratch
+    for ref in reference.values():
+        same_supernet(ref, p / ref.relative_to(served))
+    assert not list((p / "results").rglob("resume.pt")) and not list((p / "results").rglob(".*.tmp"))
 
 
 # ----------------------------------------------------------------------------- DVC remote
