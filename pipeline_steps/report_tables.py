@@ -4,6 +4,7 @@ measured on, ranks spelled out, and the runs' per-seed rows."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -109,6 +110,13 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def _size(value, digits: int) -> str:
+    """Params / FLOPs in millions as the papers print them (3.42, 545), small quick-profile ones to 3 figures."""
+    if value is None or pd.isna(value):
+        return "-"
+    return f"{value:.{digits}f}" if value >= 10 ** -digits * 100 else f"{value:.3g}"
+
+
 def cost_text(seconds: float, kind: str) -> str:
     """Seconds as NB201 papers print them, with the device: `1,234 GPU-s`, `56.7 CPU-s`."""
     if seconds is None or pd.isna(seconds):
@@ -166,12 +174,11 @@ def darts_markdown(runs: pd.DataFrame, results_dir: Path, expected: dict | None 
     rows = []
     for method in method_order(paper, summary["method"]):
         rows += _reported_rows(paper, "darts", method, lambda t: [
-            _pm(*t["test_error"]) if "test_error" in t else "-", _pm(t.get("params_m"), None),
-            "-" if t.get("flops_m") is None else f"{t['flops_m']:.0f}"])
+            _pm(*t["test_error"]) if "test_error" in t else "-", _size(t.get("params_m"), 2), _size(t.get("flops_m"), 0)])
         rows += [[method_name(paper, method), r["dataset"], _seeds(r),
                   cost_text(r["search_cost_s_mean"], r["search_device"]),
-                  _pm(r["test_error_mean"], r["test_error_std"]), f"{r['params_m_mean']:.2f}",
-                  f"{r['flops_m_mean']:.0f}"] for _, r in summary[summary["method"] == method].iterrows()]
+                  _pm(r["test_error_mean"], r["test_error_std"]), _size(r["params_m_mean"], 2),
+                  _size(r["flops_m_mean"], 0)] for _, r in summary[summary["method"] == method].iterrows()]
     lines = ["## DARTS space (searched, then trained from scratch)", "",
              *_table(["Method", "Searched on", "Seeds", "Search cost", "Test error (%)", "Params (M)", "FLOPs (M)"],
                      rows), "", COST_NOTE, "", "### Searched cells", ""]
@@ -180,7 +187,7 @@ def darts_markdown(runs: pd.DataFrame, results_dir: Path, expected: dict | None 
         lines.append(f"- {method_name(paper, r['method'])} {r['dataset']} seed {r['seed']}: test error "
                      f"{r['test_error']:.2f}%, `{r['arch']}`")
         if picture.exists():
-            lines.append(f"  ![cells]({Path(picture).resolve().relative_to(results_dir.resolve())})")
+            lines.append(f"  ![cells]({os.path.relpath(picture, results_dir)})")  # results_dir may hold no runs
     return lines + [""]
 
 
@@ -209,8 +216,8 @@ def retrain_nb201_markdown(runs: pd.DataFrame, retrain_files: list[str | Path], 
         for dataset, g in table[table["method"] == method].groupby("dataset"):
             out.append([method_name(paper or {}, method), dataset, str(len(g)),
                         ", ".join(str(e) for e in dict.fromkeys(g["epochs"])), _pm(g["test_acc"].mean(), g["test_acc"].std()),
-                        _pm(g["bench"].mean(), g["bench"].std()), f"{g['params_m'].mean():.3f}",
-                        f"{g['flops_m'].mean():.2f}", cost_text(g["cost"].mean(), "+".join(sorted(set(g["device"]))))])
+                        _pm(g["bench"].mean(), g["bench"].std()), _size(g["params_m"].mean(), 2),
+                        _size(g["flops_m"].mean(), 0), cost_text(g["cost"].mean(), "+".join(sorted(set(g["device"]))))])
     return ["### NAS-Bench-201 cells trained from scratch (`retrain_nb201`)", "",
             "Each run's searched cell trained here from scratch on the dataset it was searched on (test accuracy, "
             "mean ± std over seeds), beside the benchmark's accuracy for the same cells (200 epochs).", "",

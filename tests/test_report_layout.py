@@ -172,7 +172,7 @@ def test_html_is_self_contained(cpu_report):
 def test_heatmap_names_edges_and_keeps_probabilities_on_a_fixed_scale():
     plt = report_figures._plt()
     assert edge_names("nb201", 6) == ["0->1", "0->2", "1->2", "0->3", "1->3", "2->3"]
-    assert edge_names("darts", 14)[:5] == ["0->2", "1->2", "0->3", "1->3", "2->3"]
+    assert edge_names("darts", 14)[:5] == ["k-2->0", "k-1->0", "k-2->1", "k-1->1", "0->1"]  # as the cell pictures
     fig, ax = plt.subplots()
     values = np.full((6, 5), 0.2) + np.linspace(-0.002, 0.004, 30).reshape(6, 5)
     arch = {"arch": ARCH, "ops": OPS, "space": "nb201", "mask": {"cell": [[True] * 5] * 6}}
@@ -181,7 +181,7 @@ def test_heatmap_names_edges_and_keeps_probabilities_on_a_fixed_scale():
     assert ax.images[0].get_clim() == (0.0, 1.0) and "colour 0-1" in ax.get_title()
     assert min(t.get_fontsize() for t in ax.get_yticklabels()) >= 8
     _draw(fig, ax, arch, "softmax(alpha)", "cell", np.full((6, 5), 0.2), True, edge_names("nb201", 6))
-    assert "uniform 0.200: alpha not trained" in ax.get_title()  # SPOS: no magnified noise, and it says why
+    assert "uniform 0.200" in ax.get_title()  # SPOS: no magnified noise, and the title says it is uniform
     plt.close(fig)
 
 
@@ -199,3 +199,18 @@ def test_trajectory_panels_share_y_and_name_every_line(tmp_path, monkeypatch):
         assert len(labels) == len(ax.get_lines()) and min(t.get_fontsize() for t in ax.get_legend().get_texts()) >= 8
     ostr = [t.get_text() for t in axes[1].get_legend().get_texts()]
     assert "OStr* (same cells as OStr)" in ostr and "DARTS magnitude (argmax alpha)" in ostr
+
+
+def test_darts_space_table_has_reported_rows_and_device_seconds(tmp_path):
+    import pandas as pd
+
+    from pipeline_steps.report_tables import darts_markdown
+
+    runs = pd.DataFrame([{"method": "ostr", "dataset": "cifar10", "seed": s, "test_error": 3.0 + s, "test_acc": 97.0 - s,
+                          "params_m": 3.4, "flops_m": 540.0, "search_cost_s": 36000.0, "search_device": "GPU",
+                          "arch": "Genotype(...)", "result_file": str(tmp_path / f"s{s}" / "ostr" / "retrain" / "r.json")}
+                         for s in (0, 1)])
+    text = "\n".join(darts_markdown(runs, tmp_path, None, PAPER))
+    assert "| OStr-DARTS (reported) | cifar10 | 5 | 34,560 GPU-s (0.4 GPU-days) | 2.42±0.06 | 3.50 | 545 |" in text
+    assert "| OStr-DARTS | cifar10 | 2 | 36,000 GPU-s | 3.50±0.71 | 3.40 | 540 |" in text
+    assert "- OStr-DARTS cifar10 seed 0: test error 3.00%" in text
