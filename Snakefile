@@ -5,27 +5,27 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
-from pipeline_steps.config import coerce_scalars, validate
-from pipeline_steps.errors import NasflowError
-from pipeline_steps.plan import Plan, runtime_json, spec_arg
-from pipeline_steps.snakemake_locks import clear_stale_locks
+from pipeline_steps.config import coerce_scalars
+from pipeline_steps.plan import runtime_json, spec_arg
+from pipeline_steps.preflight import preflight_or_exit
+from pipeline_steps.leftovers import remove_finished_resume_files, remove_interrupted_writes
+from pipeline_steps.snakemake_locks import clear_stale_locks, other_snakemake_running
 
-configfile: "params/nasflow.yaml"
-configfile: f"params/profiles/{config.get('profile', 'quick')}.yaml"
-
-config.update(coerce_scalars(config))
-try:
-    validate(config)
-except NasflowError as err:
-    raise SystemExit(f"nasflow: error: {err}")
-
-PLAN = Plan(config, workflow.basedir)
+# params/ is read by nasflow's own loader (not `configfile:`), so that a bad file is named with its
+# line, and so that this machine's settings (params/machine.yaml, params/local.yaml, NASFLOW_*)
+# come in under the tracked parameters; `--config` still wins over everything. Bad values, data,
+# benchmark files or tracking backends stop here, before any job starts.
+PLAN = preflight_or_exit(workflow.basedir, coerce_scalars(dict(workflow.config_settings.overwrite_config or {})))
+config.clear()
+config.update(PLAN.cfg)
 # a Snakemake killed with SIGKILL leaves its lock: with no other Snakemake working here it is stale.
 # Only the main invocation decides: a cluster or group job's Snakemake (--nolock, --target-jobs) runs
 # on another host, where the main one cannot be seen.
 main_invocation = not {"--nolock", "--target-jobs", "--unlock"} & set(sys.argv)
 if main_invocation and clear_stale_locks(Path(workflow.basedir)):
     print("nasflow: cleared the lock a killed Snakemake left behind", file=sys.stderr)
+if main_invocation and not other_snakemake_running(Path(workflow.basedir)):
+    remove_interrupted_writes(Path(workflow.basedir) / "results")
 for damaged in PLAN.set_aside_damaged_checkpoints():
     print(f"nasflow: warning: {damaged.removesuffix('.damaged')} was damaged; moved to {damaged}, rebuilding it",
           file=sys.stderr)
@@ -46,6 +46,7 @@ onsuccess:
 
 onerror:
     end_invocation(succeeded=False)
+    remove_finished_resume_files(Path(workflow.basedir) / "results")
 
 wildcard_constraints:
     seed=r"\d+",

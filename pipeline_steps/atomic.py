@@ -24,6 +24,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """`dst` becomes a copy of `src` in one step, sharing its blocks where the file system allows
+    (a hard link: later atomic writes to `src` replace it with a new file, so `dst` stays)."""
+    import shutil
+
+    with atomic_path(dst) as tmp:
+        try:
+            os.unlink(tmp)
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -89,7 +89,13 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    i = _command_index(argv)
+    if i is not None and argv[i] == "run":  # what follows `run` is Snakemake's, options included
+        args = parser.parse_args(argv[:i + 1])
+        args.snakemake_args = argv[i + 1:]
+    else:
+        args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
@@ -112,6 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nasflow: stopped ({e or 'interrupted'}); finished epochs are kept", file=sys.stderr)
         return 130 if isinstance(e, KeyboardInterrupt) else 143
     return 0
+
+
+def _command_index(argv: list[str]) -> int | None:
+    """Where the command name stands, after the global options and their values."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 1 if "=" in argv[i] or argv[i] in ("-h", "--help", "--version") else 2
+    return i if i < len(argv) else None
 
 
 def _end_runs(stage: bool, status: str) -> None:

@@ -1,4 +1,4 @@
-"""The commands people run: lookup, check-params, protocol, ledger, paper-run (and `report`,
+"""The commands people run: run, lookup, check-params, protocol, ledger, paper-run (and `report`,
 which lives in cli_stages because the report rule runs it too)."""
 from __future__ import annotations
 
@@ -21,7 +21,12 @@ def add_commands(sub) -> None:
                    help="benchmark source (default: benchmark.source in params)")
     s.add_argument("--path", default=None, help="benchmark file for official / nats")
 
-    sub.add_parser("check-params", help="validate params/ and print the resolved parameters")
+    sub.add_parser("check-params", help="check params/, the data, the benchmark file and the tracking backend as a "
+                                        "run would before starting, and print the resolved parameters")
+
+    s = sub.add_parser("run", help="the pipeline: Snakemake with this machine's cores and GPUs "
+                                   "(params/local.yaml, NASFLOW_CORES, NASFLOW_GPUS); what `dvc repro` runs")
+    s.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="passed on to Snakemake, e.g. -n or --config ...")
 
     s = sub.add_parser("protocol", help="per method and stage, the training settings a run would use "
                                         "(epochs, batch, LR schedule, optimisers, op set, data split)")
@@ -108,9 +113,16 @@ def lookup(args: argparse.Namespace) -> None:
 
 
 def check_params(args: argparse.Namespace) -> None:
-    from .config import load_params
+    from .preflight import preflight
 
-    print(json.dumps(load_params(args.params_dir), indent=2))
+    plan = preflight(Path(args.params_dir).resolve().parent)
+    print(json.dumps(plan.cfg, indent=2))
+
+
+def run_pipeline(args: argparse.Namespace) -> None:
+    from .launch import run
+
+    run(args.params_dir, args.snakemake_args)
 
 
 def protocol(args: argparse.Namespace) -> None:
@@ -141,5 +153,5 @@ def paper_run(args: argparse.Namespace) -> None:
                          args.config))
 
 
-HANDLERS = {"lookup": lookup, "check-params": check_params, "protocol": protocol, "ledger": ledger,
-            "paper-run": paper_run}
+HANDLERS = {"lookup": lookup, "check-params": check_params, "run": run_pipeline, "protocol": protocol,
+            "ledger": ledger, "paper-run": paper_run}

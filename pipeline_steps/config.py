@@ -25,26 +25,40 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise NasflowError(f"parameter file {path} not found; run from the project root or pass --params-dir")
+        what = "is a folder, not a file" if path.is_dir() else "not found"
+        raise NasflowError(f"parameter file {path} {what}; run from the project root or pass --params-dir")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise NasflowError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise NasflowError(f"{path}{where} is not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise NasflowError(f"cannot read parameter file {path}: {e}") from None
+    if data is None:
+        raise NasflowError(f"parameter file {path} is empty; restore it from git (git checkout -- {path})")
     if not isinstance(data, dict):
-        raise NasflowError(f"{path} must hold a mapping of parameters")
+        raise NasflowError(f"{path} must hold a mapping of parameters (key: value lines), not {type(data).__name__}")
     return data
 
 
 def load_params(params_dir: str | os.PathLike = "params", overrides: dict | None = None) -> dict:
-    """params/nasflow.yaml, then params/profiles/<profile>.yaml over it, then `overrides`; validated."""
+    """params/nasflow.yaml, then params/profiles/<profile>.yaml over it, both over this machine's
+    settings (machine.py), then `overrides`; validated."""
+    from .machine import machine_settings, reject_machine_keys
+
     params_dir = Path(params_dir)
-    cfg = _read_yaml(params_dir / PARAMS_FILE)
+    base_file = params_dir / PARAMS_FILE
+    cfg = _read_yaml(base_file)
+    reject_machine_keys(cfg, str(base_file), params_dir)
     profile = (overrides or {}).get("profile", cfg.get("profile"))
     profile_file = params_dir / "profiles" / f"{profile}.yaml"
-    if not profile_file.is_file():
+    if not isinstance(profile, str) or not profile_file.is_file():
         names = sorted(p.stem for p in (params_dir / "profiles").glob("*.yaml"))
         raise NasflowError(f"unknown profile {profile!r}; valid profiles: {', '.join(names)} (params/profiles/)")
-    cfg = deep_merge(cfg, _read_yaml(profile_file))
+    profile_cfg = _read_yaml(profile_file)
+    reject_machine_keys(profile_cfg, str(profile_file), params_dir)
+    cfg = deep_merge(machine_settings(params_dir), deep_merge(cfg, profile_cfg))
     cfg = deep_merge(cfg, overrides or {})
     validate(cfg)
     return cfg
@@ -123,6 +137,11 @@ def _validate_schema(cfg: dict) -> None:
         msg = f"missing parameter in {where}: {err.message}"
     else:
         msg = f"invalid parameter {where} = {err.instance!r}: {err.message}"
+    from .machine import LOCAL_FILE, machine_keys
+
+    if tuple(str(p) for p in err.absolute_path) in machine_keys(SCHEMA.parents[2] / "params"):
+        raise NasflowError(f"{msg} (a machine setting: fix it in params/{LOCAL_FILE}, the NASFLOW_* environment "
+                           "or --config)")
     raise NasflowError(f"{msg} (fix it in params/{PARAMS_FILE}, params/profiles/{cfg.get('profile')}.yaml or --config)")
 
 

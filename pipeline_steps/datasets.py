@@ -64,16 +64,8 @@ def load_split(dataset: str, split: str, *, source: str = "auto", root: str,
     info = dataset_info(dataset)
     if split not in SPLITS:
         raise NasflowError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-    if source not in SOURCES:
-        raise NasflowError(f"unknown data source {source!r}; valid sources: {', '.join(SOURCES)}")
     root_path = Path(root).expanduser()
-    if not root_path.is_dir() and not (download and source in ("auto", "torchvision")):
-        raise NasflowError(f"data root {root_path} does not exist (dataset {info.name}, split {split})")
-    if source == "auto":
-        if (root_path / "train").is_dir() or (root_path / "test").is_dir():
-            source = "folder"
-        else:
-            source = "imagenet16" if info.name == "imagenet16-120" else "torchvision"
+    source = resolve_source(info, source, root_path, download)
     if source == "folder":
         images, labels = _load_folder(info, split, root_path, cache)
     elif source == "torchvision":
@@ -83,20 +75,28 @@ def load_split(dataset: str, split: str, *, source: str = "auto", root: str,
     return np.ascontiguousarray(images, dtype=np.uint8), np.ascontiguousarray(labels, dtype=np.int64)
 
 
+def resolve_source(info: DatasetInfo, source: str, root: Path, download: bool) -> str:
+    """The source `auto` stands for at `root`; a root that cannot serve the data is an error."""
+    if source not in SOURCES:
+        raise NasflowError(f"unknown data source {source!r}; valid sources: {', '.join(SOURCES)}")
+    if root.exists() and not root.is_dir():
+        raise NasflowError(f"data root {root} is a file, not a folder: point data.root at the folder that holds "
+                           "the dataset")
+    if not root.is_dir() and not (download and source in ("auto", "torchvision")):
+        raise NasflowError(f"data root {root} does not exist (dataset {info.name}): set data.root in "
+                           "params/local.yaml or NASFLOW_DATA_ROOT, or allow data.download")
+    if source != "auto":
+        return source
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        return "folder"
+    return "imagenet16" if info.name == "imagenet16-120" else "torchvision"
+
+
 # ----------------------------------------------------------------- image folder
 
 def _load_folder(info: DatasetInfo, split: str, root: Path, cache: bool):
     split_dir = root / split
-    if not split_dir.is_dir():
-        raise NasflowError(f"no image folder {split_dir} (expected {root}/{split}/<class>/<image files>)")
-    classes = _class_names(split_dir)
-    if len(classes) != info.num_classes:
-        raise NasflowError(f"{split_dir} has {len(classes)} class folders but {info.name} has "
-                           f"{info.num_classes} classes")
-    # Labels are indices into the sorted class names, so train and test must name the same classes.
-    other_dir = root / ("test" if split == "train" else "train")
-    if other_dir.is_dir() and _class_names(other_dir) != classes:
-        raise NasflowError(f"class folders differ between {split_dir} and {other_dir}")
+    classes = folder_classes(info, root, split)
     files, labels = _list_images(split_dir, classes)
     if not files:
         raise NasflowError(f"no image files under {split_dir}/<class>/")
@@ -112,6 +112,22 @@ def _load_folder(info: DatasetInfo, split: str, root: Path, cache: bool):
     images, labels = _decode_images(files, info.image_size), np.asarray(labels, dtype=np.int64)
     _write_cache(cache_file, fingerprint, images, labels)
     return images, labels
+
+
+def folder_classes(info: DatasetInfo, root: Path, split: str) -> list[str]:
+    """The class folder names of one split, checked against the dataset and the other split."""
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise NasflowError(f"no image folder {split_dir} (expected {root}/{split}/<class>/<image files>)")
+    classes = _class_names(split_dir)
+    if len(classes) != info.num_classes:
+        raise NasflowError(f"{split_dir} has {len(classes)} class folders but {info.name} has "
+                           f"{info.num_classes} classes")
+    # Labels are indices into the sorted class names, so train and test must name the same classes.
+    other_dir = root / ("test" if split == "train" else "train")
+    if other_dir.is_dir() and _class_names(other_dir) != classes:
+        raise NasflowError(f"class folders differ between {split_dir} and {other_dir}")
+    return classes
 
 
 def _class_names(split_dir: Path) -> list[str]:

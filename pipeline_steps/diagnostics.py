@@ -41,7 +41,7 @@ def ranking(spec: dict, runtime: dict, state_files: list[Path], out: Path) -> No
     data = SearchData(settings, s["images"], device)
     generator = torch.Generator().manual_seed(spec["seed"])
     batches = scoring_batches(data, generator, images=s["images"], batch_size=s["images"])
-    bench = load_benchmark(spec["benchmark"]["source"], spec["benchmark"]["path"])
+    bench = load_benchmark(spec["benchmark"]["source"], runtime["benchmark"]["path"])
     state = init_state(space, data.num_classes, Optimisation(epochs=1), spec["seed"], device)
     tracker = Tracker(runtime["tracking"], run_name(spec), stage_tags(spec, runtime, spec["method"]))
     tracker.log_params(spec)

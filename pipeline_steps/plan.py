@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from .config import canonical_json, spec_key
+from .machine import without_machine_keys
 from .methods import get_method
 from .reproduction import load_paper_results
 
@@ -25,14 +26,35 @@ RANKING_FILE = RUN_DIR + "/{method}/ranking/result.json"   # supernet ranking di
 # NB201 cells are looked up in the benchmark; DARTS-space cells are trained from scratch.
 RESULT_FILE = {"nb201": LOOKUP_FILE, "darts": RETRAIN_FILE}
 REPORT_FILE = "results/REPORT.md"
-REPORT_METRICS = "results/metrics.json"
+REPORT_METRICS = "metrics.json"    # at the top, tracked by git: `dvc metrics` reads it
 SUMMARY_FILE = "results/{space}/summary.parquet"
 
 
 class Plan:
-    def __init__(self, cfg: dict, project_dir: str | Path = "."):
+    """`identify_data=False` leaves the data's identity out of the specs (for printing settings
+    where the data may be absent); every stage that runs needs it."""
+
+    def __init__(self, cfg: dict, project_dir: str | Path = ".", identify_data: bool = True):
         self.cfg = cfg
         self.project_dir = Path(project_dir).resolve()
+        self.identify_data = identify_data
+        self._data_ids: dict[str, str | None] = {}
+
+    def data_id(self, dataset: str) -> str | None:
+        """The content hash of `dataset` where data.root points (data_identity.py)."""
+        if not self.identify_data:
+            return None
+        if dataset not in self._data_ids:
+            from .data_identity import data_id
+
+            d = self.cfg["data"]
+            self._data_ids[dataset] = data_id(dataset, self.project_dir / Path(d["root"]).expanduser(), d["source"],
+                                              d["download"])
+        return self._data_ids[dataset]
+
+    def data_scale(self, dataset: str, keys=("image_size", "max_images", "train_portion")) -> dict:
+        """What a stage reads of the data: which data (its identity) and how much of it, at what size."""
+        return {"id": self.data_id(dataset), **{k: self.cfg["data"][k] for k in keys}}
 
     # ----------------------------------------------------------------- runs
     def runs(self) -> list[dict]:
@@ -50,7 +72,7 @@ class Plan:
             "space": space,
             "space_settings": {**c["space"][space], **own["space"]},
             "dataset": dataset,
-            "data": {k: c["data"][k] for k in ("image_size", "max_images", "train_portion")},
+            "data": self.data_scale(dataset),
             "search": {**c["search"], **own["search"]},
             "mode": own["mode"],
             "seed": int(seed),
@@ -101,13 +123,14 @@ class Plan:
                 "settings": get_method(method).derive_settings(self.cfg, space), "seed": int(seed), "dataset": dataset}
 
     def lookup_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
-        return {**self.derive_spec(method, space, dataset, seed), "stage": "lookup", "benchmark": self.cfg["benchmark"]}
+        return {**self.derive_spec(method, space, dataset, seed), "stage": "lookup",
+                "benchmark": {"source": self.cfg["benchmark"]["source"]}}
 
     def retrain_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
         c = self.cfg
         settings = c["retrain"] if space == "darts" else {k: v for k, v in c["retrain_nb201"].items() if k != "enabled"}
         return {"stage": "retrain", "method": method, "space": space, "dataset": dataset, "seed": int(seed),
-                "retrain": settings, "data": {k: c["data"][k] for k in ("image_size", "max_images")}}
+                "retrain": settings, "data": self.data_scale(dataset, ("image_size", "max_images"))}
 
     def ranking_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
         s = dict(self.cfg["diagnostics"]["ranking"])
@@ -117,7 +140,7 @@ class Plan:
         sn = self.supernet_spec(method, space, dataset, seed)
         return {"stage": "ranking", "method": method, "space": space, "space_settings": sn["space_settings"],
                 "dataset": dataset, "seed": int(seed), "data": sn["data"], "settings": s,
-                "benchmark": self.cfg["benchmark"]}
+                "benchmark": {"source": self.cfg["benchmark"]["source"]}}
 
     def ranking_files(self) -> list[str]:
         if not self.cfg["diagnostics"]["ranking"]["enabled"]:
@@ -146,7 +169,7 @@ class Plan:
         the papers' numbers it compares against."""
         c = self.cfg
         expected = [{**r, "file": RESULT_FILE[r["space"]].format(**r)} for r in self.runs()]
-        return {"stage": "report", "profile": c["profile"], "spaces": c["spaces"],
+        return {"stage": "report", "profile": c["profile"], "spaces": c["spaces"], "metrics": REPORT_METRICS,
                 "results": [e["file"] for e in expected], "expected": expected, "ranking": self.ranking_files(),
                 "paper": load_paper_results(self.project_dir / "params")}
 
@@ -180,9 +203,8 @@ class Plan:
             "tracking": {**c["tracking"], "uri": uri, "artifacts": (self.project_dir / "mlartifacts").as_uri(),
                          "parent_run_id": os.environ.get("NASFLOW_PARENT_RUN")},
             "profile": c["profile"],
-            "config_hash": spec_key({k: v for k, v in c.items()
-                                     if k not in ("device", "captured_step", "channels_last", "gpu_slots", "tracking",
-                                                  "resources")}),
+            "config_hash": spec_key({k: v for k, v in without_machine_keys(c, self.project_dir / "params").items()
+                                     if k != "resources"}),
             "git_commit": git_commit(self.project_dir),
         }
 

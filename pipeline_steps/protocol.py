@@ -63,7 +63,7 @@ def stage_rows(plan: Plan, method: str, space: str, dataset: str) -> list[dict]:
 
 
 def protocol_rows(cfg: dict, methods=None, spaces=None, dataset: str | None = None) -> list[dict]:
-    plan = Plan(cfg)
+    plan = Plan(cfg, identify_data=False)
     dataset = dataset or cfg["datasets"][0]
     rows = []
     for space in spaces or cfg["spaces"]:

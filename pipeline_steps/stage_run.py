@@ -18,6 +18,7 @@ from .checkpoints import load_checkpoint, load_resume
 from .benchmark import load_benchmark
 from .config import spec_key
 from .data import DataSettings, SearchData
+from .data_identity import check_data_identity
 from .device import device_name, resolve_device, use_memory_format
 from .scores.ostr import OStrStatistics
 from .spaces import get_space
@@ -51,6 +52,8 @@ def stage_tags(spec: dict, runtime: dict, method: str) -> dict:
 def data_settings(spec: dict, runtime: dict) -> DataSettings:
     """Where the data lives (runtime) and how much of it, at what size (the stage's spec)."""
     d, scale = runtime["data"], spec["data"]
+    if scale.get("id") is not None:
+        check_data_identity(spec["dataset"], scale["id"], d)
     return DataSettings(dataset=spec["dataset"], root=d["root"], source=d["source"], download=d["download"],
                         image_size=scale["image_size"], max_images=scale["max_images"],
                         train_portion=scale.get("train_portion", 0.5))
@@ -162,4 +165,5 @@ class StageRun:
                                  **{k: v for k, v in final.items()
                                     if isinstance(v, (int, float, str)) and k not in ("wall_time_s", "stage")}})
         self.tracker.finish()
-        self.resume.unlink(missing_ok=True)
+        # resume.pt stays: were Snakemake killed before recording this job, the rerun would finish from
+        # it rather than train again; Snakemake's own ending removes it (leftovers.py)

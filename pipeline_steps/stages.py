@@ -2,13 +2,12 @@
 measured wall time and device, and one MLflow run; long stages resume from their last epoch."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from .atomic import read_json, write_json
+from .atomic import atomic_copy, read_json, write_json
 from .benchmark import load_benchmark
 from .data import device_images
 from .datasets import dataset_info
@@ -133,7 +132,7 @@ def lookup(spec: dict, runtime: dict, arch_file: Path, stage_metrics: list[Path]
     t0 = time.perf_counter()
     method = get_method(spec["method"])
     space = get_space(spec["space"], spec["space_settings"])
-    bench = load_benchmark(spec["benchmark"]["source"], spec["benchmark"]["path"])
+    bench = load_benchmark(spec["benchmark"]["source"], runtime["benchmark"]["path"])
     arch = read_json(arch_file)
     row = bench.lookup(arch["arch"])
     tracker = Tracker(runtime["tracking"], run_name(spec), stage_tags(spec, runtime, spec["method"]))
@@ -186,7 +185,7 @@ def retrain(spec: dict, runtime: dict, arch_file: Path, stage_metrics: list[Path
     log_data(tracker, data, test_images.fingerprint, len(test_images), "evaluation")
     result = retrain_network(model, train_images, test_images, settings, resume, spec["seed"],
                              on_epoch=lambda r: tracker.log_metrics(r, step=r["epoch"]), meta={"run_id": tracker.run_id})
-    os.replace(resume, out_model)
+    atomic_copy(resume, out_model)  # resume.pt stays until Snakemake has recorded the job (leftovers.py)
     first = read_json(stage_metrics[0])
     result = {**{k: v for k, v in result.items() if k != "wall_time_s"}, "arch": arch["arch"], "method": spec["method"],
               "space": spec["space"], "dataset": spec["dataset"], "seed": spec["seed"], "device": str(device),

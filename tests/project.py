@@ -27,11 +27,8 @@ def copy_project(dest: Path) -> Path:
 
 
 def tiny_params(project: Path, data_root: Path) -> None:
-    base = project / "params" / "nasflow.yaml"
-    cfg = yaml.safe_load(base.read_text())
-    cfg["data"].update(root=str(data_root), source="folder", download=False)
-    cfg["device"] = "cpu"
-    base.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    local = {"device": "cpu", "data": {"root": str(data_root), "source": "folder", "download": False}}
+    (project / "params" / "local.yaml").write_text(yaml.safe_dump(local, sort_keys=False))
     quick = project / "params" / "profiles" / "quick.yaml"
     q = yaml.safe_load(quick.read_text())
     q["search"].update(epochs=2, batch_size=16)

@@ -9,6 +9,7 @@ from pipeline_steps import stage_run, stages
 from pipeline_steps.methods.darts_pt import DartsPT
 from pipeline_steps.atomic import read_json
 from pipeline_steps.config import load_params
+from pipeline_steps.leftovers import finished_resume_files, remove_finished_resume_files
 from pipeline_steps.plan import Plan
 
 
@@ -52,7 +53,7 @@ def test_resume_after_kill_equals_uninterrupted(tiny_folder, tmp_path, monkeypat
 
     monkeypatch.setattr(stage_run, "train_epoch", real_epoch)
     run_stage(plan, killed)
-    assert not (killed / "resume.pt").exists()
+    assert killed / "resume.pt" in finished_resume_files(tmp_path)  # kept until Snakemake has recorded the job
 
     a = torch.load(tmp_path / "straight" / "supernet.pt", weights_only=False)
     b = torch.load(killed / "supernet.pt", weights_only=False)
@@ -62,6 +63,23 @@ def test_resume_after_kill_equals_uninterrupted(tiny_folder, tmp_path, monkeypat
     torch.testing.assert_close(a["alpha"]["cell"], b["alpha"]["cell"], rtol=0, atol=0)
     strip = lambda h: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in h]  # noqa: E731
     assert strip(read_json(tmp_path / "straight" / "history.json")) == strip(read_json(killed / "history.json"))
+
+
+def test_outputs_deleted_after_finishing_come_back_without_training(tiny_folder, tmp_path, monkeypatch):
+    """Snakemake killed after the stage wrote its outputs, before it recorded the job: the rerun
+    deletes them as incomplete, and the stage finishes again from resume.pt without training."""
+    plan = tiny_plan(tiny_folder, epochs=2)
+    run_stage(plan, tmp_path)
+    first = torch.load(tmp_path / "supernet.pt", weights_only=False)
+    for name in ("supernet.pt", "metrics.json", "history.json"):
+        (tmp_path / name).unlink()
+    monkeypatch.setattr(stage_run, "train_epoch", lambda *a, **kw: pytest.fail("trained again"))
+    run_stage(plan, tmp_path)
+    again = torch.load(tmp_path / "supernet.pt", weights_only=False)
+    for k in first["model"]:
+        torch.testing.assert_close(first["model"][k], again["model"][k], rtol=0, atol=0, msg=k)
+    assert read_json(tmp_path / "metrics.json")["epochs"] == 2
+    assert remove_finished_resume_files(tmp_path) == 1 and not (tmp_path / "resume.pt").exists()
 
 
 def test_resume_ignores_checkpoint_of_other_settings(tiny_folder, tmp_path):
