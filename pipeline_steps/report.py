@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import atomic_path, read_json, write_json, write_text
-from .benchmark import METRICS, load_benchmark
+from .atomic import atomic_path, read_json, write_text
+from .benchmark import load_benchmark
+from .dvc_outputs import write_metrics, write_plot_data
 from .report_figures import hierarchy_plot, ranking_plot, trajectory_plot
 from .report_heatmaps import heatmaps
 from .report_html import to_html
 from .report_ranking import ranking_entries, ranking_markdown, ranking_series
-from .report_tables import (LABELS, RETRAIN_COLUMNS, darts_markdown, nb201_markdown, retrain_nb201_markdown,
+from .report_tables import (LABELS, darts_markdown, nb201_markdown, retrain_nb201_markdown,
                             runs_table, search_cost_s, summary_table)
 from .reproduction import method_name, reproduction_markdown, reproduction_table
 from .tracking import log_report
@@ -94,7 +95,7 @@ def report(spec: dict, runtime: dict, results_dir: Path, paper: dict | None = No
         sections += [f"Profile `{spec['profile']}`: the runs in results/ are at reduced scale, not a reproduction of "
                      "the papers' numbers (the ledger's paper-profile records are).", ""]
     sections += missing_lines([e for e in expected if "method" in e], paper)
-    metrics, written = {}, []
+    written = []
     for space in spec["spaces"]:
         space_runs = runs[runs["space"] == space] if len(runs) else runs
         counts = expected_seeds([e for e in expected if "method" in e], space)
@@ -104,7 +105,6 @@ def report(spec: dict, runtime: dict, results_dir: Path, paper: dict | None = No
         if space_runs.empty:
             sections += [f"## {space}: no finished runs", "", *ledger_text]
             continue
-        columns = list(METRICS) if space == "nb201" else RETRAIN_COLUMNS
         entries, optimal = [], None
         if space == "nb201":
             bench = load_benchmark(runtime["benchmark"]["source"], runtime["benchmark"]["path"])
@@ -127,13 +127,12 @@ def report(spec: dict, runtime: dict, results_dir: Path, paper: dict | None = No
         written += space_figures
         write_text(results_dir / space / "summary.md", "\n".join(text))
         sections += text
-        metrics[space] = {f"{r['method']}/{r['dataset']}": {**{c: r[f"{c}_mean"] for c in columns},
-                                                           "n_seeds": int(r["n_seeds"])}
-                          for _, r in summary_table(space_runs, columns).iterrows()}
     if "nb201" not in spec["spaces"] and not records.empty:
         sections += ["## NAS-Bench-201", "", *ledger_markdown(records, paper, str(ledger_dir))]
     markdown_text = "\n".join(sections)
     write_text(results_dir / "REPORT.md", markdown_text)
     write_text(results_dir / "REPORT.html", to_html(markdown_text, "nasflow report", results_dir))
     log_report(runtime, spec, results_dir, [results_dir / "REPORT.md", results_dir / "REPORT.html", *written])
-    write_json(results_dir / "metrics.json", metrics)
+    runs_expected = [e for e in expected if "method" in e]
+    write_plot_data(results_dir, runs_expected)
+    write_metrics(Path(spec.get("metrics", results_dir / "metrics.json")), spec["profile"], runs_expected)

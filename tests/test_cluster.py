@@ -280,6 +280,5 @@ def test_quick_workflow_on_slurm_equals_local_run(tmp_path, tiny_folder):
         assert first["EndTime"] <= second["StartTime"], "two jobs shared the one GPU"
 
     same_results(local, cluster)
-    assert json.loads((local / "results" / "metrics.json").read_text()) == \
-        json.loads((cluster / "results" / "metrics.json").read_text())
+    assert json.loads((local / "metrics.json").read_text()) == json.loads((cluster / "metrics.json").read_text())
     assert jobs_to_run(snakemake("-n", "--config", *QUICK, cwd=cluster)) == {}  # current for a local run too

@@ -44,8 +44,11 @@ def test_run_produces_arch_lookup_report(project):
     report = (project / "results" / "REPORT.md").read_text()
     assert "| DARTS (1st order) | cifar10 | 2 |" in report and "Optimal" in report
     assert (project / "results" / "nb201" / "figures" / "search_trajectory.png").stat().st_size > 1000
-    metrics = json.loads((project / "results" / "metrics.json").read_text())
-    assert metrics["nb201"]["darts/cifar10"]["n_seeds"] == 2
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert metrics["profile"] == "quick" and metrics["nb201"]["cifar10"]["darts"]["seeds"] == 2
+    assert 10 < metrics["nb201"]["cifar10"]["darts"]["c10_test"] < 95
+    trajectory = (project / "results" / "plots" / "trajectory" / "nb201-cifar10-darts.csv").read_text().splitlines()
+    assert trajectory[0] == "epoch,test_acc,seeds" and len(trajectory) == 3
 
 
 def test_mlflow_has_every_stage_with_tags(project):
@@ -91,19 +94,25 @@ def test_dvc_repro_push_pull(project, tmp_path):
     sh("dvc", "remote", "add", "-d", "local", str(remote), cwd=project)
     sh("dvc", "push", cwd=project)
 
+    # another machine: what git holds (not params/local.yaml), and the same data under another path
     clone = copy_project(tmp_path / "clone")
-    for name in ("params", ".dvc", "dvc.lock", "results/metrics.json"):  # what git would hold
+    for name in ("params", ".dvc", "dvc.lock", "metrics.json"):
         src = project / name
         if src.is_dir():
             shutil.rmtree(clone / name, ignore_errors=True)
-            shutil.copytree(src, clone / name, ignore=shutil.ignore_patterns("cache", "tmp"))
+            shutil.copytree(src, clone / name, ignore=shutil.ignore_patterns("cache", "tmp", "local.yaml"))
         else:
-            (clone / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, clone / name)
+    data = shutil.copytree(yaml.safe_load((project / "params" / "local.yaml").read_text())["data"]["root"],
+                           tmp_path / "elsewhere" / "cifar10", ignore=shutil.ignore_patterns(".nasflow-cache"))
+    (clone / "params" / "local.yaml").write_text(yaml.safe_dump(
+        {"device": "cpu", "data": {"root": str(data), "source": "folder", "download": False}}))
     sh("dvc", "pull", cwd=clone)
     assert len(list((clone / "results" / "nb201").glob("cifar10/seed*/supernet/*/supernet.pt"))) == 2
     # pulled files have fresh mtimes; Snakemake must still see nothing to do
     assert jobs_to_run(snakemake("-n", cwd=clone)) == {}
+    for where in (project, clone):  # machine settings are no DVC parameter: both copies are clean
+        assert "up to date" in sh("dvc", "status", cwd=where).stdout
 
 
 @pytest.fixture(scope="module")

@@ -291,6 +291,11 @@ def test_fresh_clone_pulls_results_and_has_nothing_to_do(served, tmp_path):
     clone = tmp_path / "clone"
     git("clone", "-q", str(served), str(clone), cwd=tmp_path)
     assert not (clone / "results" / "nb201").exists()  # git holds no results, only DVC's pointers
+    assert not (clone / "params" / "local.yaml").exists()  # machine settings stay on their machine
+    data = shutil.copytree(yaml.safe_load((served / "params" / "local.yaml").read_text())["data"]["root"],
+                           tmp_path / "other-disk" / "cifar10", ignore=shutil.ignore_patterns(".nasflow-cache"))
+    (clone / "params" / "local.yaml").write_text(yaml.safe_dump(
+        {"device": "cpu", "data": {"root": str(data), "source": "folder", "download": False}}))
     sh("dvc", "pull", cwd=clone)
     for f in (served / "results" / "nb201").rglob("*"):
         if f.is_file() and f.name != "resume.pt":
@@ -302,5 +307,5 @@ def test_fresh_clone_pulls_results_and_has_nothing_to_do(served, tmp_path):
     again = sh("dvc", "repro", cwd=clone)
     assert jobs_to_run(again) == {"report": 1, "all": 1}
     assert (clone / "results" / "REPORT.md").exists()
-    assert (clone / "results" / "metrics.json").read_text() == (served / "results" / "metrics.json").read_text()
+    assert (clone / "metrics.json").read_text() == (served / "metrics.json").read_text()
     assert "didn't change" in sh("dvc", "repro", cwd=clone).stdout  # and then it is current

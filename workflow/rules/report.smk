@@ -13,7 +13,7 @@ rule report:
     output:
         report="results/REPORT.md",
         html="results/REPORT.html",
-        metrics="results/metrics.json",
+        metrics="metrics.json",
         summaries=expand("results/{space}/summary.parquet", space=config["spaces"]),
     params:
         spec=spec_arg({**PLAN.report_spec(), "retrain_nb201": RETRAIN_NB201}),
