@@ -26,7 +26,7 @@ if main_invocation and clear_stale_locks(Path(workflow.basedir)):
     print("nasflow: cleared the lock a killed Snakemake left behind", file=sys.stderr)
 if main_invocation and not other_snakemake_running(Path(workflow.basedir)):
     remove_interrupted_writes(Path(workflow.basedir) / "results")
-for damaged in PLAN.set_aside_damaged_checkpoints():
+for damaged in PLAN.set_aside_damaged_outputs():
     print(f"nasflow: warning: {damaged.removesuffix('.damaged')} was damaged; moved to {damaged}, rebuilding it",
           file=sys.stderr)
 # Settings that change no result reach the jobs through the environment, not rule params,

@@ -47,7 +47,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """A damaged file (cut off, edited) is one line naming it, not a traceback."""
+    from .errors import NasflowError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise NasflowError(f"{path} is damaged ({e}); delete it and run the same command again to rebuild it") \
+            from None
 
 
 def _jsonable(x: Any) -> Any:

@@ -23,6 +23,16 @@ def checkpoint_is_readable(path: str | Path) -> bool:
         return False
 
 
+def json_is_readable(path: str | Path) -> bool:
+    import json
+
+    try:
+        json.loads(Path(path).read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def set_aside(path: str | Path) -> Path:
     """Rename a damaged file to <name>.damaged (kept for inspection, out of every reader's way)."""
     path = Path(path)

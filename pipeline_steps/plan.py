@@ -147,17 +147,26 @@ class Plan:
             return []
         return [RANKING_FILE.format(**r) for r in self.runs() if r["space"] == "nb201"]
 
-    def set_aside_damaged_checkpoints(self) -> list[str]:
-        """Final checkpoints of configured runs that cannot be read (a truncated copy, a full disk)
-        are renamed to *.damaged, so that Snakemake sees them missing and rebuilds them."""
-        from .checkpoints import checkpoint_is_readable, set_aside
+    def set_aside_damaged_outputs(self) -> list[str]:
+        """Outputs of configured runs that cannot be read (a truncated copy, a full disk, an edit)
+        are renamed to *.damaged, so that Snakemake sees them missing and rebuilds them, and no
+        reader of theirs fails on every rerun: checkpoints and the JSON files stages write."""
+        from .checkpoints import checkpoint_is_readable, json_is_readable, set_aside
 
-        moved = []
+        files: list[Path] = []
         for r in self.runs():
-            for d in self.stage_dirs(r["method"], r["space"], r["dataset"], r["seed"]):
-                path = self.project_dir / d / "supernet.pt"
-                if path.exists() and not checkpoint_is_readable(path):
-                    moved.append(str(set_aside(path).relative_to(self.project_dir)))
+            m, sp, d, seed = r["method"], r["space"], r["dataset"], r["seed"]
+            for stage_dir in self.stage_dirs(m, sp, d, seed):
+                files += [Path(stage_dir) / n for n in ("supernet.pt", "metrics.json", "history.json")]
+            files += [Path(DERIVE_FILE.format(**r)), Path(RESULT_FILE[sp].format(**r))]
+            if sp == "nb201":
+                files += [Path(RANKING_FILE.format(**r)), Path(RETRAIN_FILE.format(**r))]
+        moved = []
+        for f in dict.fromkeys(files):
+            path = self.project_dir / f
+            readable = checkpoint_is_readable if path.suffix == ".pt" else json_is_readable
+            if path.exists() and not readable(path):
+                moved.append(str(set_aside(path).relative_to(self.project_dir)))
         return moved
 
     def ledger_files(self) -> list[str]:

@@ -61,7 +61,7 @@ def test_a_damaged_resume_checkpoint_is_set_aside_and_the_stage_restarts(tiny_fo
         assert torch.equal(a["model"][k], b["model"][k])
 
 
-def test_a_damaged_final_checkpoint_is_set_aside_for_rebuilding(tiny_folder, tmp_path):
+def test_damaged_final_outputs_are_set_aside_for_rebuilding(tiny_folder, tmp_path):
     from test_resume import tiny_plan
 
     from pipeline_steps.plan import Plan
@@ -72,8 +72,11 @@ def test_a_damaged_final_checkpoint_is_set_aside_for_rebuilding(tiny_folder, tmp
     d = tmp_path / plan.supernet_dir("darts", "nb201", "cifar10", 0)
     d.mkdir(parents=True)
     (d / "supernet.pt").write_bytes(b"")  # empty: the copy was cut off
-    assert plan.set_aside_damaged_checkpoints() == [str((d / "supernet.pt.damaged").relative_to(tmp_path))]
-    assert not (d / "supernet.pt").exists()
+    (d / "history.json").write_text('[{"epoch": 1, "train_lo')  # cut off too
+    (d / "metrics.json").write_text('{"epochs": 1}')  # whole: stays
+    assert plan.set_aside_damaged_outputs() == [str((d / f"{n}.damaged").relative_to(tmp_path))
+                                                for n in ("supernet.pt", "history.json")]
+    assert not (d / "supernet.pt").exists() and (d / "metrics.json").exists()
     (d / "supernet.pt").write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip: readable, but no checkpoint
     with pytest.raises(NasflowError, match="is damaged") as err:
         load_checkpoint(d / "supernet.pt")
