@@ -39,7 +39,8 @@ def tiny_params(project: Path, data_root: Path) -> None:
 
 def sh(*cmd: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd)}
-    env.pop("NASFLOW_RUNTIME", None)
+    for name in ("NASFLOW_RUNTIME", "NASFLOW_PARENT_RUN"):  # an invocation's, not the user's
+        env.pop(name, None)
     r = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")

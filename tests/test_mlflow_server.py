@@ -37,7 +37,8 @@ def plan(tiny_folder, mlflow_server, request, monkeypatch, tmp_path):  # noqa: F
     from pipeline_steps.plan import Plan
 
     for name in ("NASFLOW_PARENT_RUN", "NASFLOW_RUNTIME"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so that what start_invocation sets is undone afterwards
+        monkeypatch.delenv(name)
     p = tiny_plan(tiny_folder, epochs=2)
     cfg = {**p.cfg, "tracking": {**p.cfg["tracking"], "enabled": True, "uri": mlflow_server,
                                  "experiment": request.node.name}}
