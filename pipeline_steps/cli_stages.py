@@ -11,7 +11,7 @@ from .errors import NasflowError
 from .progress import heartbeat_interval, log_line
 
 # what `nasflow -h` lists as stage commands; `report` is listed with the user commands
-RULE_COMMANDS = ("supernet", "method-stage", "derive", "benchmark-lookup", "retrain", "ranking")
+RULE_COMMANDS = ("supernet", "method-stage", "derive", "benchmark-lookup", "retrain", "rank-checkpoint", "ranking")
 STAGE_COMMANDS = (*RULE_COMMANDS, "report")
 
 
@@ -68,9 +68,15 @@ def add_commands(sub) -> None:
     s.add_argument("--model", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path)
 
-    s = sub.add_parser("ranking", help="Kendall tau / Spearman rho of supernet vs benchmark accuracy per stage")
+    s = sub.add_parser("rank-checkpoint", help="Kendall tau / Spearman rho of supernet vs benchmark accuracy "
+                                               "of one training stage's state")
     s.add_argument("--spec", required=True, type=spec_json)
-    s.add_argument("--states", required=True, type=Path, nargs="+", help="supernet.pt of each training stage")
+    s.add_argument("--state", required=True, type=Path, help="the stage's supernet.pt")
+    s.add_argument("--out", required=True, type=Path)
+
+    s = sub.add_parser("ranking", help="a method's ranking diagnostic from its stages' rankings")
+    s.add_argument("--spec", required=True, type=spec_json)
+    s.add_argument("--stage-rankings", required=True, type=Path, nargs="+", help="ranking.json of each training stage")
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("report", help="rebuild results/REPORT.md from every finished run (the runs params/ asks "
@@ -98,10 +104,15 @@ def run(args: argparse.Namespace) -> None:
         stages.lookup(args.spec, runtime, args.arch, args.stage_metrics, args.history, args.out)
     elif args.command == "retrain":
         stages.retrain(args.spec, runtime, args.arch, args.stage_metrics, args.model, args.out)
+    elif args.command == "rank-checkpoint":
+        from .diagnostics import rank_checkpoint
+
+        rank_checkpoint(args.spec, runtime, args.state, args.out)
+        log_line(checkpoint_ranking_line(args.spec, json.loads(args.out.read_text())))
     elif args.command == "ranking":
         from .diagnostics import ranking
 
-        ranking(args.spec, runtime, args.states, args.out)
+        ranking(args.spec, args.stage_rankings, args.out)
         log_line(ranking_line(args.spec, json.loads(args.out.read_text())))
     elif args.command == "report":
         from .report import report
@@ -116,6 +127,13 @@ def run(args: argparse.Namespace) -> None:
         done = sum(Path(f).exists() for f in expected)
         log_line(f"report: wrote {args.results_dir / 'REPORT.md'} and REPORT.html from {done} of {len(expected)} "
                  "expected runs")
+
+
+def checkpoint_ranking_line(spec: dict, record: dict) -> str:
+    who = f"{spec['method']} {spec['of']}" if "method" in spec else f"supernet {spec['supernet_key']}"
+    tau = "-" if record["kendall_tau"] is None else f"{record['kendall_tau']:.3f}"
+    return (f"ranking {who} nb201 {spec['dataset']} seed{spec['seed']}: Kendall tau of {record['metric']} {tau} "
+            f"over {record['n']} cells")
 
 
 def ranking_line(spec: dict, result: dict) -> str:

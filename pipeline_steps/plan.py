@@ -23,6 +23,7 @@ DERIVE_FILE = RUN_DIR + "/{method}/derive/arch.json"
 LOOKUP_FILE = RUN_DIR + "/{method}/lookup/result.json"
 RETRAIN_FILE = RUN_DIR + "/{method}/retrain/result.json"
 RANKING_FILE = RUN_DIR + "/{method}/ranking/result.json"   # supernet ranking diagnostic (NB201)
+CHECKPOINT_RANKING = "ranking.json"                         # beside each training stage's supernet.pt
 # NB201 cells are looked up in the benchmark; DARTS-space cells are trained from scratch.
 RESULT_FILE = {"nb201": LOOKUP_FILE, "darts": RETRAIN_FILE}
 REPORT_FILE = "results/REPORT.md"
@@ -132,15 +133,33 @@ class Plan:
         return {"stage": "retrain", "method": method, "space": space, "dataset": dataset, "seed": int(seed),
                 "retrain": settings, "data": self.data_scale(dataset, ("image_size", "max_images"))}
 
-    def ranking_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
+    def _ranking_settings(self, dataset: str) -> dict:
         s = dict(self.cfg["diagnostics"]["ranking"])
         s.pop("enabled")
         if s["metric"] == "auto":  # the searched dataset's test accuracy
             s["metric"] = f"{dataset.replace('-', '_')}_test_acc"
-        sn = self.supernet_spec(method, space, dataset, seed)
-        return {"stage": "ranking", "method": method, "space": space, "space_settings": sn["space_settings"],
-                "dataset": dataset, "seed": int(seed), "data": sn["data"], "settings": s,
+        return s
+
+    def checkpoint_ranking_spec(self, owner: str, dataset: str, seed: int, stage: str) -> dict:
+        """The ranking of one training stage's state: `owner` "supernet" with `stage` its key (no
+        method named, so the methods that share it share one job), or a method and its own stage."""
+        if owner == "supernet":
+            sn = self.supernet_spec_for_key("nb201", dataset, seed, stage)
+            who = {"of": "supernet", "supernet_key": stage}
+        else:
+            sn = self.supernet_spec(owner, "nb201", dataset, seed)
+            who = {"of": stage, "method": owner}
+        return {"stage": "ranking", **who, "space": "nb201", "space_settings": sn["space_settings"],
+                "dataset": dataset, "seed": int(seed), "data": sn["data"], "settings": self._ranking_settings(dataset),
                 "benchmark": {"source": self.cfg["benchmark"]["source"]}}
+
+    def stage_ranking_files(self, method: str, dataset: str, seed: int) -> list[str]:
+        """The ranking of every training stage a method's result rests on, in order."""
+        return [d + "/" + CHECKPOINT_RANKING for d in self.stage_dirs(method, "nb201", dataset, seed)]
+
+    def ranking_spec(self, method: str, dataset: str, seed: int) -> dict:
+        return {"stage": "ranking", "method": method, "space": "nb201", "dataset": dataset, "seed": int(seed),
+                "settings": self._ranking_settings(dataset)}
 
     def ranking_files(self) -> list[str]:
         if not self.cfg["diagnostics"]["ranking"]["enabled"]:

@@ -33,6 +33,10 @@ def run_name(spec: dict) -> str:
     where = f"{spec['space']}/{spec['dataset']} seed{spec['seed']}"
     if spec["stage"] == "supernet":
         return f"supernet {where} {spec_key(spec)}"
+    if spec["stage"] == "ranking" and "method" not in spec:  # a shared supernet's ranking
+        return f"supernet ranking {where} {spec['supernet_key']}"
+    if spec["stage"] == "ranking" and "of" in spec:
+        return f"{spec['method']} ranking {spec['of']} {where}"
     return f"{spec['method']} {spec['stage']} {where}"
 
 

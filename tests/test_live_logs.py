@@ -177,8 +177,13 @@ def test_every_other_stage_prints_what_it_did(tiny_folder, tmp_path, monkeypatch
                    "--history", str(sn / "history.json"), "--out", str(run_dir / "lookup/result.json"))
     assert said.startswith(f"lookup darts nb201 cifar10 seed0: {arch} (index ") and "of 15625" in said
 
-    said = command("ranking", "--spec", spec(plan.ranking_spec("darts", "nb201", "cifar10", 0)),
-                   "--states", str(sn / "supernet.pt"), "--out", str(run_dir / "ranking/result.json"))
+    key = json.loads((sn / "metrics.json").read_text())["key"]
+    said = command("rank-checkpoint", "--spec", spec(plan.checkpoint_ranking_spec("supernet", "cifar10", 0, key)),
+                   "--state", str(sn / "supernet.pt"), "--out", str(sn / "ranking.json"))
+    assert re.match(rf"ranking supernet {key} nb201 cifar10 seed0: Kendall tau of cifar10_test_acc -?\d\.\d{{3}} "
+                    r"over 6 cells$", said.strip())
+    said = command("ranking", "--spec", spec(plan.ranking_spec("darts", "cifar10", 0)),
+                   "--stage-rankings", str(sn / "ranking.json"), "--out", str(run_dir / "ranking/result.json"))
     assert re.match(r"ranking darts nb201 cifar10 seed0: Kendall tau of cifar10_test_acc per stage: "
                     r"supernet -?\d\.\d{3} \(up to 6 cells\)$", said.strip())
 

@@ -98,9 +98,14 @@ def test_shrink_expand_and_search_on_tiny_nb201(tiny_folder, tmp_path):
     assert [r.get("stage", "supernet") for r in history if "kendall_tau" in r] == ["shrink1", "search"]
 
     # the ranking diagnostic loads every stage's state through the method, expanded ones included
-    spec = plan.ranking_spec("se_nas", "nb201", "cifar10", 0)
-    spec["settings"].update(archs=20, images=32)
-    diagnostics.ranking(spec, plan.runtime(), [start, shrunk, final], tmp_path / "ranking.json")
+    key = read_json(start.with_name("metrics.json"))["key"]
+    rankings = []
+    for owner, stage, state in (("supernet", key, start), ("se_nas", "shrink1", shrunk), ("se_nas", "search", final)):
+        spec = plan.checkpoint_ranking_spec(owner, "cifar10", 0, stage)
+        spec["settings"].update(archs=20, images=32)
+        rankings.append(tmp_path / f"ranking-{stage}.json")
+        diagnostics.rank_checkpoint(spec, plan.runtime(), state, rankings[-1])
+    diagnostics.ranking(plan.ranking_spec("se_nas", "cifar10", 0), rankings, tmp_path / "ranking.json")
     assert [s["stage"] for s in read_json(tmp_path / "ranking.json")["per_stage"]] == ["supernet", "shrink1", "search"]
 
 

@@ -50,22 +50,43 @@ rule retrain:
         " --stage-metrics {input.stage_metrics} --model {output.model} --out {output.result} > {log} 2>&1"
 
 
+rule rank_checkpoint:
+    input:
+        state="results/nb201/{dataset}/seed{seed}/{owner}/{stage}/supernet.pt",
+    output:
+        "results/nb201/{dataset}/seed{seed}/{owner}/{stage}/ranking.json",
+    params:
+        spec=lambda w: spec_arg(PLAN.checkpoint_ranking_spec(w.owner, w.dataset, int(w.seed), w.stage)),
+    log:
+        "results/nb201/{dataset}/seed{seed}/{owner}/{stage}/ranking.log",
+    benchmark:
+        "results/nb201/{dataset}/seed{seed}/{owner}/{stage}/ranking.tsv"
+    wildcard_constraints:
+        owner="|".join(["supernet", *config["methods"]]),
+        stage=r"[a-z0-9_]+",  # a method's stage, or a supernet's key
+    threads: PLAN.resources("rank_checkpoint")["threads"]
+    resources:
+        mem_mb=PLAN.resources("rank_checkpoint")["mem_mb"],
+        runtime=PLAN.resources("rank_checkpoint")["runtime"],
+        gpu=PLAN.resources("rank_checkpoint")["gpu"],
+    shell:
+        "python -m pipeline_steps --threads {threads} rank-checkpoint --spec {params.spec:q} --state {input.state}"
+        " --out {output} > {log} 2>&1"
+
+
 rule ranking:
     input:
-        states=lambda w: [d + "/supernet.pt" for d in PLAN.stage_dirs(w.method, "nb201", w.dataset, int(w.seed))],
+        stages=lambda w: PLAN.stage_ranking_files(w.method, w.dataset, int(w.seed)),
     output:
         "results/nb201/{dataset}/seed{seed}/{method}/ranking/result.json",
     params:
-        spec=lambda w: spec_arg(PLAN.ranking_spec(w.method, "nb201", w.dataset, int(w.seed))),
+        spec=lambda w: spec_arg(PLAN.ranking_spec(w.method, w.dataset, int(w.seed))),
     log:
         "results/nb201/{dataset}/seed{seed}/{method}/ranking/log.txt",
-    benchmark:
-        "results/nb201/{dataset}/seed{seed}/{method}/ranking/benchmark.tsv"
     threads: PLAN.resources("ranking")["threads"]
     resources:
         mem_mb=PLAN.resources("ranking")["mem_mb"],
         runtime=PLAN.resources("ranking")["runtime"],
         gpu=PLAN.resources("ranking")["gpu"],
     shell:
-        "python -m pipeline_steps --threads {threads} ranking --spec {params.spec:q} --states {input.states}"
-        " --out {output} > {log} 2>&1"
+        "python -m pipeline_steps ranking --spec {params.spec:q} --stage-rankings {input.stages} --out {output} > {log} 2>&1"
