@@ -222,7 +222,7 @@ def add_runs(results: str | Path = "results", root: str | Path = LEDGER_DIR, dat
 # ----------------------------------------------------------------------------- show
 SHOW = [("method", "method"), ("dataset", "dataset"), ("seed", "seed"), ("arch", "arch"),
         ("cifar10_test_acc", "C10 test"), ("cifar100_test_acc", "C100 test"),
-        ("imagenet16_120_test_acc", "IN16 test"), ("search_cost_gpu_s", "cost (GPU-h)"),
+        ("imagenet16_120_test_acc", "IN16 test"), ("search_cost_gpu_s", "cost (GPU-s)"),
         ("device_name", "device"), ("git_commit", "commit"), ("stale", "stale?")]
 
 
@@ -233,7 +233,7 @@ def format_ledger(records: pd.DataFrame) -> str:
 
     def cell(key, v) -> str:
         if key == "search_cost_gpu_s":
-            return f"{v / 3600:.2f}"
+            return f"{v:,.0f}"
         if key == "stale":
             return "stale" if v else "-"
         return f"{v:.2f}" if isinstance(v, float) else str(v)

@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import canonical_json, spec_key
 from .machine import without_machine_keys
 from .methods import get_method
-from .reproduction import load_paper_results
+from .reproduction import load_paper_results, method_name
 
 RUN_DIR = "results/{space}/{dataset}/seed{seed}"
 SUPERNET_DIR = RUN_DIR + "/supernet/{key}"
@@ -40,6 +40,7 @@ class Plan:
         self.project_dir = Path(project_dir).resolve()
         self.identify_data = identify_data
         self._data_ids: dict[str, str | None] = {}
+        self._paper: dict | None = None
 
     def data_id(self, dataset: str) -> str | None:
         """The content hash of `dataset` where data.root points (data_identity.py)."""
@@ -118,9 +119,17 @@ class Plan:
         stages = get_method(method).stages(self.cfg, space)
         return dirs[stages.index(stage)] + "/supernet.pt"
 
+    def paper_name(self, method: str) -> str:
+        """The paper's name of a method (for the pictures a stage draws); the id where none is given."""
+        if self._paper is None:
+            names = self.project_dir / "params" / "paper_results.yaml"
+            self._paper = load_paper_results(names.parent) if names.is_file() else {}
+        return method_name(self._paper, method)
+
     def derive_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:
         sn = self.supernet_spec(method, space, dataset, seed)
-        return {"stage": "derive", "method": method, "space": space, "space_settings": sn["space_settings"],
+        return {"stage": "derive", "method": method, "name": self.paper_name(method), "space": space,
+                "space_settings": sn["space_settings"],
                 "settings": get_method(method).derive_settings(self.cfg, space), "seed": int(seed), "dataset": dataset}
 
     def lookup_spec(self, method: str, space: str, dataset: str, seed: int) -> dict:

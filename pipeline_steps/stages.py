@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 
 from .atomic import atomic_copy, read_json, write_json
 from .benchmark import load_benchmark
@@ -80,7 +79,7 @@ def derive(spec: dict, runtime: dict, state_ckpt: Path, out: Path) -> None:
         result["genotype"] = arch.to_dict()
         from .spaces.cell_plot import plot_genotype  # matplotlib: only DARTS-space derives draw
 
-        for picture in plot_genotype(arch, out.with_name("cells"), title=f"{spec['method']} seed {spec['seed']}"):
+        for picture in plot_genotype(arch, out.with_name("cells"), title=f"{spec.get('name', spec['method'])}, seed {spec['seed']}"):
             tracker.log_artifact(picture)
     tracker.log_dict(result["alpha"], "alpha.json")
     tracker.log_dict({k: result[k] for k in ("arch", "genotype") if k in result}, "arch.json")
