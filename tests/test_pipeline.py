@@ -90,6 +90,13 @@ def test_dvc_repro_push_pull(project, tmp_path):
     sh("dvc", "repro", cwd=project)
     second = sh("dvc", "repro", cwd=project)
     assert "up to date" in second.stdout + second.stderr
+    metrics = sh("dvc", "metrics", "show", "--json", cwd=project).stdout
+    assert '"profile": "quick"' in metrics and '"c10_test"' in metrics
+    plots = json.loads(sh("dvc", "plots", "show", "--json", cwd=project).stdout)
+    assert not plots.get("errors"), plots.get("errors")
+    drawn = {name for name, views in plots["data"].items() if views}
+    assert {"results/plots/trajectory/nb201-cifar10-darts.csv"} <= drawn
+    assert any(name.startswith("results/plots/training/nb201-cifar10-seed0-supernet-") for name in drawn)
     remote = tmp_path / "remote"
     sh("dvc", "remote", "add", "-d", "local", str(remote), cwd=project)
     sh("dvc", "push", cwd=project)
