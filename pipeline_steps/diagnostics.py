@@ -52,7 +52,7 @@ def rank_checkpoint(spec: dict, runtime: dict, state_file: Path, out: Path) -> N
     ckpt = load_checkpoint(state_file)
     (get_method(spec["method"]).load_state if "method" in spec else SupernetState.load_state_dict)(state, ckpt)
     cells = sample_cells(ckpt["mask"]["cell"], list(space.ops), s["archs"], generator)
-    predicted = evaluate_nb201(state.model, cells, batches, list(space.ops), bn=s["bn"])
+    predicted = evaluate_nb201(state.model, cells, batches, list(space.ops), bn=s["bn"], progress="ranking: cells")
     truth = benchmark_accuracies(bench, cells, s["metric"])
     # a stage that leaves one cell (DARTS-PT's select, the last pruning stage) has nothing to rank
     corr = rank_correlation(predicted, truth) if len(cells) > 1 else \

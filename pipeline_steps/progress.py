@@ -16,13 +16,14 @@ import math
 import os
 import sys
 import time
-from typing import Callable, TextIO
+from typing import Callable, Iterable, Iterator, TextIO, TypeVar
 
 from tqdm.auto import tqdm
 
 from .errors import NasflowError
 
 HEARTBEAT_ENV = "NASFLOW_HEARTBEAT_S"
+T = TypeVar("T")
 DEFAULT_HEARTBEAT_S = 60.0
 
 
@@ -74,7 +75,7 @@ class StepProgress:
     heartbeat is due, because on a GPU reading the loss waits for the queued steps.
     `enabled=False` prints nothing and shows no bar (tests, inner loops)."""
 
-    def __init__(self, label: str, total: int, measure: Callable[[], tuple[float, int]],
+    def __init__(self, label: str, total: int, measure: Callable[[], tuple[float, int]] | None,
                  enabled: bool = True, interval: float | None = None, stream: TextIO | None = None):
         self.label, self.total, self.measure = label, total, measure
         self.stream = stream or sys.stderr
@@ -93,6 +94,15 @@ class StepProgress:
             self.beat()
 
     def beat(self) -> None:
+        now = time.monotonic()
+        elapsed = max(now - self.started, 1e-9)
+        per_step = elapsed / max(self.done, 1)
+        if self.measure is None:  # a loop of evaluations: how far, and how long still
+            if self.bar is None:
+                log_line(f"{self.label} {self.done}/{self.total} after {duration(elapsed)}, "
+                         f"ETA {duration((self.total - self.done) * per_step)}", self.stream)
+            self.next_at = now + (self.interval or math.inf)
+            return
         loss, images = self.measure()  # waits for the device first, so the rate counts finished steps
         now = time.monotonic()
         elapsed = max(now - self.started, 1e-9)
@@ -108,3 +118,17 @@ class StepProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def loop(items: Iterable[T], label: str, total: int | None = None) -> Iterator[T]:
+    """`items` with progress: a bar on a terminal, a heartbeat line in a log file when the loop
+    runs longer than the heartbeat interval (the evaluations of DARTS-PT, HPE-DARTS, SE-NAS, HEP-NAS
+    and the ranking diagnostic between their epochs)."""
+    items = list(items) if total is None else items
+    progress = StepProgress(label, len(items) if total is None else total, None)
+    try:
+        for item in items:
+            yield item
+            progress.step()
+    finally:
+        progress.close()

@@ -190,3 +190,20 @@ def test_every_other_stage_prints_what_it_did(tiny_folder, tmp_path, monkeypatch
     said = command("report", "--spec", spec(plan.report_spec()))
     assert said.strip() == "report: wrote results/REPORT.md and REPORT.html from 1 of 1 expected runs"
     assert Path("results/REPORT.md").is_file()
+
+
+def test_long_evaluation_loops_print_a_heartbeat(monkeypatch):
+    """Loops of evaluations between epochs (DARTS-PT's removals, SE-NAS's children, ...) say how far
+    they got when they run longer than the interval; a short loop prints nothing."""
+    import io
+
+    monkeypatch.setenv(progress.HEARTBEAT_ENV, "1e-6")
+    stream = io.StringIO()
+    monkeypatch.setattr(progress.sys, "stderr", stream)
+    assert list(progress.loop(range(3), "op removals on cell edge 2")) == [0, 1, 2]
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" after ")[0] for line in lines] == [f"op removals on cell edge 2 {k}/3" for k in (1, 2, 3)]
+    assert all(" ETA " in line for line in lines)
+    monkeypatch.setenv(progress.HEARTBEAT_ENV, "60")
+    stream.truncate(0)
+    assert list(progress.loop(iter([1, 2]), "short", total=2)) == [1, 2] and stream.getvalue() == ""

@@ -37,6 +37,7 @@ import sys
 import torch
 
 from ..errors import NasflowError
+from ..progress import loop
 from ..pruning import hard_prune, pops_per_stage, soft_decay, validate_schedule
 from ..scores.netperf import naswot_drop, netperf_drop, proxy_batch
 from ..scores.perturbation import without
@@ -201,14 +202,13 @@ def accuracy_drop(state: SupernetState, batches, mixing: str) -> dict[str, torch
     weights, active = state.weights(mixing), state.active()
     _, full = evaluate(state, batches, weights, active, train_bn=True)
     drop = {k: torch.full(tuple(m.shape), math.nan, dtype=torch.float64) for k, m in state.mask.items()}
-    for kind, edges in active.items():
-        for e, alive in enumerate(edges):
-            for o in alive:
-                if state.space.ops[o] == "none":
-                    drop[kind][e, o] = 0.0
-                    continue
-                _, acc = evaluate(state, batches, *without(weights, active, kind, e, o), train_bn=True)
-                drop[kind][e, o] = full - acc
+    alive = [(kind, e, o) for kind, edges in active.items() for e, ops in enumerate(edges) for o in ops]
+    for kind, e, o in loop(alive, "accuracy drops, ops"):
+        if state.space.ops[o] == "none":
+            drop[kind][e, o] = 0.0
+            continue
+        _, acc = evaluate(state, batches, *without(weights, active, kind, e, o), train_bn=True)
+        drop[kind][e, o] = full - acc
     return drop
 
 

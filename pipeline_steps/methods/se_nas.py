@@ -252,7 +252,8 @@ def measure(run, model: torch.nn.Module, archs: list[ArchKey], s: dict) -> dict[
     space = run.state.space
     batches = scoring_batches(run.data, run.state.generator, s["scoring_images"], s["scoring_images"])
     none = space.ops.index("none") if "none" in space.ops else None
-    return evaluate_children(model, archs, batches, space.cell_types, len(space.ops), s["eval_bn"], none)
+    return evaluate_children(model, archs, batches, space.cell_types, len(space.ops), s["eval_bn"], none,
+                             progress=f"{run.spec.get('stage', 'search')}: child models measured")
 
 
 def arch_name(space: Space, key: ArchKey) -> str:

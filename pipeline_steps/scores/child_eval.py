@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..benchmark import RANK_METRIC
+from ..progress import loop
 from ..spaces import nb201
 from ..spaces.nb201 import EDGES, NUM_NODES, ops_to_str, str_to_ops
 from ..spos import search_cells
@@ -145,7 +146,7 @@ def _equivalence(model: nn.Module, archs: list[ArchKey], none: int | None, bn: s
 @torch.inference_mode()
 def evaluate_children(model: nn.Module, archs: Iterable[ArchKey], batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
                       cell_types: Sequence[str], num_ops: int, bn: str = "batch_stats",
-                      none_index: int | None = None) -> dict[ArchKey, float]:
+                      none_index: int | None = None, progress: str = "child models") -> dict[ArchKey, float]:
     """{a: top-1 accuracy % of child a on `batches`}, with the weights `model` holds: the
     averaged-weight copy (`spos.averaged_copy`) for SE-NAS, the live supernet for SPOS. Weights,
     BN buffers and train/eval flags are left as they were; an expanded supernet routes each child
@@ -165,7 +166,7 @@ def evaluate_children(model: nn.Module, archs: Iterable[ArchKey], batches: Seque
     total = sum(len(y) for _, y in batches)
     correct: list[torch.Tensor] = []
     with bn_mode(model, bn):
-        for key in unique:
+        for key in loop(unique, progress):
             active = {k: [[o] for o in ops] for k, ops in zip(cell_types, key)}
             hits = torch.zeros((), dtype=torch.long, device=device)
             for x, y in batches:
@@ -176,11 +177,11 @@ def evaluate_children(model: nn.Module, archs: Iterable[ArchKey], batches: Seque
 
 
 def evaluate_nb201(model: nn.Module, arch_strs: Iterable[str], batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                   op_names: Sequence[str], bn: str = "batch_stats") -> dict[str, float]:
+                   op_names: Sequence[str], bn: str = "batch_stats", progress: str = "cells") -> dict[str, float]:
     """`evaluate_children` keyed by NB201 arch strings."""
     keys = {a: nb201_key(a, op_names) for a in arch_strs}
     none = list(op_names).index("none") if "none" in op_names else None
-    p = evaluate_children(model, keys.values(), batches, ("cell",), len(op_names), bn, none)
+    p = evaluate_children(model, keys.values(), batches, ("cell",), len(op_names), bn, none, progress)
     return {a: p[k] for a, k in keys.items()}
 
 

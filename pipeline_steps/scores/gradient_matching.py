@@ -24,6 +24,7 @@ from torch import nn
 from ..data import SearchData
 from ..errors import NasflowError
 from ..spaces import darts, nb201
+from ..progress import loop
 from ..supernet import SupernetState
 
 COSINE_EPS = 1e-6          # the authors' `match_loss(dis_metric='cos')` adds it to the norm product
@@ -120,7 +121,7 @@ def gradient_matching_distances(state: SupernetState, data: SearchData, edges: S
     state.model.train()
     results = []
     try:
-        for cell_type, edge in edges:
+        for cell_type, edge in loop(edges, "gradient matching, edges"):
             ops = tuple(torch.nonzero(state.mask[cell_type][edge].cpu()).flatten().tolist())
             if len(ops) < 2:
                 raise NasflowError(f"edge {edge} of the {cell_type} cell has {len(ops)} alive op(s); "

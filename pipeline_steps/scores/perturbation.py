@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from ..progress import loop
 from ..supernet import SupernetState
 from ..train import evaluate
 
@@ -41,7 +42,7 @@ def op_removal_table(state: SupernetState, batches: Batches, kind: str, edge: in
     """One row per candidate op: the validation loss and accuracy without it."""
     weights, active = state.weights(), state.active()
     rows = []
-    for o in candidates:
+    for o in loop(candidates, f"op removals on {kind} edge {edge}"):
         loss, acc = evaluate(state, batches, *without(weights, active, kind, edge, o), train_bn=True)
         rows.append({"op": state.space.ops[o], "index": int(o), "loss": loss, "acc": acc})
     return rows
@@ -52,7 +53,7 @@ def edge_removal_table(state: SupernetState, batches: Batches, kind: str, edges:
     """One row per incoming edge: the validation loss and accuracy with the whole edge removed."""
     weights, active = state.weights(), state.active()
     rows = []
-    for e in edges:
+    for e in loop(edges, f"edge removals of a {kind} node"):
         loss, acc = evaluate(state, batches, *without(weights, active, kind, e), train_bn=True)
         rows.append({"edge": int(e), "loss": loss, "acc": acc})
     return rows
