@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,24 +12,11 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["Snakefile", "dvc.yaml", ".dvcignore", "workflow", "params", "pipeline_steps", "ledger"]
 TIMEOUT_S = 6 * 3600  # a pipeline with a large dataset takes a while
 
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def copy_project(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
 
 
 def pipeline_rows(device: str, data: str | None, device_label: str) -> list[tuple]:
@@ -45,12 +31,13 @@ def pipeline_rows(device: str, data: str | None, device_label: str) -> list[tupl
             log("making a synthetic image folder (10 classes x 300 train images, 32 px)")
             data_root = make_image_folder(tmp / "synthetic", n_train=300, n_test=10, size=32)
             data_note = "synthetic image folder (tests/conftest.make_image_folder, 3000 train images, 32 px)"
+        from tests.project import copy_project  # the tests' copy of the project's files
+
         project = copy_project(tmp / "project")
-        params = project / "params" / "nasflow.yaml"
-        cfg = yaml.safe_load(params.read_text())
-        cfg["data"].update(root=str(data_root), source="folder", download=False)
-        cfg["device"] = device
-        params.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        # where the data lives and which device: this machine's settings, not parameters
+        local = {"device": device, "data": {"root": str(data_root), "source": "folder", "download": False}}
+        (project / "params" / "local.yaml").write_text(yaml.safe_dump(local, sort_keys=False))
+        cfg = yaml.safe_load((project / "params" / "nasflow.yaml").read_text())
         quick = yaml.safe_load((project / "params" / "profiles" / "quick.yaml").read_text())
         s, d, nb = quick["search"], quick["data"], quick["space"]["nb201"]
         scale = (f"quick profile: {'+'.join(cfg['methods'])} on {'+'.join(cfg['spaces'])} x {len(cfg['seeds'])} seeds"
@@ -58,7 +45,8 @@ def pipeline_rows(device: str, data: str | None, device_label: str) -> list[tupl
                  f" images at {d['image_size']} px")
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                "PYTHONPATH": str(project)}
-        env.pop("NASFLOW_RUNTIME", None)  # the Snakefile sets it; an inherited one must not leak in
+        for name in ("NASFLOW_RUNTIME", "NASFLOW_PARENT_RUN"):  # the Snakefile sets them; inherited ones must not leak
+            env.pop(name, None)
 
         def snakemake(*extra: str) -> tuple[float, str]:
             cmd = [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/default", *extra]

@@ -32,7 +32,7 @@ def data_id(dataset: str, root: str | os.PathLike, source: str = "auto", downloa
                 raise NasflowError(f"{info.name} files {folder} are missing: put torchvision's folder there, "
                                    "allow downloading (data.download: true), or use an image-folder copy")
             return _torchvision_expected(info.name)  # what the checksummed download will bring
-        files = [(name, folder / name) for name in _torchvision_files(info.name)]
+        files = [(name, folder / name) for name, _ in TORCHVISION_FILES[info.name]]
         return _identity(f"torchvision:{info.name}", files, root, digest="md5")
     if source == "imagenet16":
         names = [*_IMAGENET16_TRAIN_FILES, _IMAGENET16_TEST_FILE]
@@ -67,44 +67,45 @@ def check_data_identity(dataset: str, expected: str, data: dict) -> None:
                            f"planned with ({expected}); it changed after the run started: start the run again")
 
 
-def _torchvision_files(dataset: str) -> list[str]:
-    return [name for name, _ in TORCHVISION_FILES[dataset]]
-
-
 def _torchvision_expected(dataset: str) -> str:
-    h = hashlib.sha256(f"{_VERSION}\0torchvision:{dataset}\n".encode())
-    for name, md5 in TORCHVISION_FILES[dataset]:
-        h.update(f"{name}\0{md5}\n".encode())
+    return _combine(f"torchvision:{dataset}", TORCHVISION_FILES[dataset])
+
+
+def _combine(kind: str, digests) -> str:
+    """The identity from each file's (name, content digest): one formula for files on disk and for
+    the published checksums of files still to be downloaded."""
+    h = hashlib.sha256(f"{_VERSION}\0{kind}\n".encode())
+    for name, digest in digests:
+        h.update(f"{name}\0{digest}\n".encode())
     return h.hexdigest()[:16]
 
 
 def _identity(kind: str, files: list[tuple[str, Path]], root: Path, digest: str = "sha256") -> str:
     """Hash of (name, content digest) of every file; content digests come from the cache while
     a file's size and mtime are unchanged."""
-    stat_key = hashlib.sha256(f"{_VERSION}\0{kind}\n".encode())
-    for name, path in files:
-        try:
-            st = path.stat()
-        except OSError:
-            raise NasflowError(f"data file {path} is missing or unreadable; restore it or point data.root "
-                               "at a complete copy") from None
-        stat_key.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    stat_key = _combine(kind, [(name, _size_and_mtime(path)) for name, path in files])
     cache_file = root / CACHE_DIR / f"identity-{kind.replace(':', '-')}.json"
     try:
         cached = json.loads(cache_file.read_text())
-        if cached.get("stat_key") == stat_key.hexdigest():
+        if cached.get("stat_key") == stat_key:
             return cached["id"]
     except (OSError, ValueError, AttributeError, KeyError):
         pass
-    h = hashlib.sha256(f"{_VERSION}\0{kind}\n".encode())
-    for name, path in files:
-        h.update(f"{name}\0{_file_digest(path, digest)}\n".encode())
-    ident = h.hexdigest()[:16]  # for torchvision files the same as `_torchvision_expected`: one identity
+    ident = _combine(kind, [(name, _file_digest(path, digest)) for name, path in files])
     try:  # a cache is an optimisation: a read-only data root must not fail the run
-        write_json(cache_file, {"stat_key": stat_key.hexdigest(), "id": ident})
+        write_json(cache_file, {"stat_key": stat_key, "id": ident})
     except OSError:
         pass
     return ident
+
+
+def _size_and_mtime(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        raise NasflowError(f"data file {path} is missing or unreadable; restore it or point data.root "
+                           "at a complete copy") from None
+    return f"{st.st_size}\0{st.st_mtime_ns}"
 
 
 def _file_digest(path: Path, digest: str) -> str:

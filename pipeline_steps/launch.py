@@ -42,11 +42,10 @@ def snakemake_command(params_dir: str | os.PathLike, extra: list[str]) -> list[s
     return cmd + extra
 
 
-def run(params_dir: str | os.PathLike, extra: list[str]) -> int:
+def run(params_dir: str | os.PathLike, extra: list[str]) -> None:
     """Replace this process with Snakemake (its exit status and signals are the user's)."""
-    if not (Path(params_dir).parent / "Snakefile").is_file() and not Path("Snakefile").is_file():
+    if not Path("Snakefile").is_file():  # Snakemake runs the Snakefile of the working directory
         raise NasflowError("no Snakefile here: run `nasflow run` from the project root")
     cmd = snakemake_command(params_dir, extra)
     print("nasflow: " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
     os.execv(cmd[0], cmd)
-    return 0  # not reached

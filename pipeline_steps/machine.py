@@ -47,17 +47,7 @@ def _read(path: Path) -> dict:
 
 def machine_keys(params_dir: str | os.PathLike = "params") -> set[tuple[str, ...]]:
     """The key paths machine.yaml defines (a section's own keys, not the section)."""
-    out: set[tuple[str, ...]] = set()
-
-    def walk(d: dict, prefix: tuple[str, ...]) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, prefix + (k,))
-            else:
-                out.add(prefix + (k,))
-
-    walk(_read(Path(params_dir) / MACHINE_FILE), ())
-    return out
+    return set(_leaves(_read(Path(params_dir) / MACHINE_FILE)))
 
 
 def machine_settings(params_dir: str | os.PathLike = "params", environ: dict | None = None) -> dict:

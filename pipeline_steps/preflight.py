@@ -58,7 +58,7 @@ def _check_tracking(plan: Plan) -> None:
         return
     uri = tracking["uri"]
     if uri.startswith(("http://", "https://")):
-        from .tracking import check_server
+        from .tracking_backend import check_server
 
         check_server(uri)
     elif uri.startswith("sqlite:///"):

@@ -94,25 +94,20 @@ class StepProgress:
             self.beat()
 
     def beat(self) -> None:
+        # the loss waits for the device first, so the rate counts finished steps; a loop of
+        # evaluations (no measure) says only how far it got
+        loss, images = self.measure() if self.measure is not None else (None, 0)
         now = time.monotonic()
         elapsed = max(now - self.started, 1e-9)
-        per_step = elapsed / max(self.done, 1)
-        if self.measure is None:  # a loop of evaluations: how far, and how long still
-            if self.bar is None:
-                log_line(f"{self.label} {self.done}/{self.total} after {duration(elapsed)}, "
-                         f"ETA {duration((self.total - self.done) * per_step)}", self.stream)
-            self.next_at = now + (self.interval or math.inf)
-            return
-        loss, images = self.measure()  # waits for the device first, so the rate counts finished steps
-        now = time.monotonic()
-        elapsed = max(now - self.started, 1e-9)
-        per_step = elapsed / max(self.done, 1)
+        eta = duration((self.total - self.done) * elapsed / max(self.done, 1))
         if self.bar is not None:
-            self.bar.set_postfix_str(f"loss={loss:.4g}")
+            if loss is not None:
+                self.bar.set_postfix_str(f"loss={loss:.4g}")
+        elif loss is None:
+            log_line(f"{self.label} {self.done}/{self.total} after {duration(elapsed)}, ETA {eta}", self.stream)
         else:
-            log_line(f"{self.label} step {self.done}/{self.total} loss={loss:.4g} "
-                     f"{images / elapsed:.1f} images/s "
-                     f"ETA {duration((self.total - self.done) * per_step)}", self.stream)
+            log_line(f"{self.label} step {self.done}/{self.total} loss={loss:.4g} {images / elapsed:.1f} images/s "
+                     f"ETA {eta}", self.stream)
         self.next_at = now + (self.interval or math.inf)
 
     def close(self) -> None:

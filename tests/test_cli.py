@@ -87,3 +87,16 @@ def test_bad_index_is_one_line_naming_it_and_the_range(index):
     r = nasflow("lookup", index)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip() == f"nasflow: error: NAS-Bench-201 index {index} is out of range: valid indices are 0..15624"
+
+
+def test_run_passes_this_machines_cores_and_gpus_to_snakemake(monkeypatch):
+    from pipeline_steps import launch
+
+    monkeypatch.setenv("NASFLOW_CORES", "3")
+    monkeypatch.setenv("NASFLOW_GPUS", "2")
+    monkeypatch.setenv("NASFLOW_GPU_SLOTS", "4")
+    cmd = launch.snakemake_command("params", ["-n"])
+    assert cmd[1:] == ["-m", "snakemake", "--profile", "workflow/profiles/default", "--cores", "3",
+                       "--resources", "gpu=8", "-n"]
+    own = launch.snakemake_command("params", ["--cores", "1"])
+    assert own.count("--cores") == 1 and own[-2:] == ["--cores", "1"]  # the user's own wins
