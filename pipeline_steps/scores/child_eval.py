@@ -24,6 +24,7 @@ from ..benchmark import RANK_METRIC
 from ..progress import loop
 from ..spaces import nb201
 from ..spaces.nb201 import EDGES, NUM_NODES, ops_to_str, str_to_ops
+from ..spaces.nb201_children import forward_children
 from ..spos import search_cells
 
 ArchKey = tuple[tuple[int, ...], ...]  # per cell type (in the space's cell_types order), the op index on each edge
@@ -146,13 +147,16 @@ def _equivalence(model: nn.Module, archs: list[ArchKey], none: int | None, bn: s
 @torch.inference_mode()
 def evaluate_children(model: nn.Module, archs: Iterable[ArchKey], batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
                       cell_types: Sequence[str], num_ops: int, bn: str = "batch_stats",
-                      none_index: int | None = None, progress: str = "child models") -> dict[ArchKey, float]:
+                      none_index: int | None = None, progress: str = "child models",
+                      per_pass: int | None = None) -> dict[ArchKey, float]:
     """{a: top-1 accuracy % of child a on `batches`}, with the weights `model` holds: the
     averaged-weight copy (`spos.averaged_copy`) for SE-NAS, the live supernet for SPOS. Weights,
     BN buffers and train/eval flags are left as they were; an expanded supernet routes each child
     through its own copies.
     With `none_index` (NB201, batch statistics), children that differ only on edges that cannot
-    reach the cell output are computed once (9,445 forwards for the full 15,625-cell space)."""
+    reach the cell output are computed once (9,445 forwards for the full 15,625-cell space).
+    `per_pass` children share one forward pass (default: `children_per_pass`); the accuracies
+    are the same either way, up to float rounding inside kernels."""
     archs = list(dict.fromkeys(archs))
     if not archs:
         return {}
@@ -162,18 +166,60 @@ def evaluate_children(model: nn.Module, archs: Iterable[ArchKey], batches: Seque
         # running statistics make each image independent of its batch: one forward per child
         batches = [(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))]
     device = batches[0][0].device
-    ones = {k: torch.ones(len(archs[0][i]), num_ops, device=device) for i, k in enumerate(cell_types)}
     total = sum(len(y) for _, y in batches)
-    correct: list[torch.Tensor] = []
+    per_pass = per_pass or children_per_pass(model, device, max(len(y) for _, y in batches))
     with bn_mode(model, bn):
-        for key in loop(unique, progress):
-            active = {k: [[o] for o in ops] for k, ops in zip(cell_types, key)}
-            hits = torch.zeros((), dtype=torch.long, device=device)
-            for x, y in batches:
-                hits += (model(x, ones, active).argmax(1) == y).sum()
-            correct.append(hits)
-    accuracy = dict(zip(unique, (100.0 * torch.stack(correct).double() / total).tolist()))  # one copy to the host
+        if per_pass > 1 and isinstance(model, nb201.Supernet):
+            unique, correct = _correct_in_groups(model, unique, batches, per_pass, progress)
+        else:
+            correct = _correct_one_by_one(model, unique, batches, cell_types, num_ops, progress)
+    accuracy = dict(zip(unique, (100.0 * correct.double() / total).tolist()))  # one copy to the host
     return {a: accuracy[representative[a]] for a in archs}
+
+
+def children_per_pass(model: nn.Module, device: torch.device, images: int) -> int:
+    """How many children share one forward pass: on a GPU as many as keep a pass near 8,192
+    images (launches dominate there; NB201 supernets only); elsewhere one, since a CPU is busy
+    with one child's arithmetic and batching saves it nothing."""
+    if device.type != "cuda" or not isinstance(model, nb201.Supernet):
+        return 1
+    return max(1, 8192 // max(1, images))
+
+
+def _correct_one_by_one(model: nn.Module, unique: list[ArchKey], batches, cell_types: Sequence[str],
+                        num_ops: int, progress: str) -> torch.Tensor:
+    device = batches[0][0].device
+    ones = {k: torch.ones(len(unique[0][i]), num_ops, device=device) for i, k in enumerate(cell_types)}
+    correct = []
+    for key in loop(unique, progress):
+        active = {k: [[o] for o in ops] for k, ops in zip(cell_types, key)}
+        hits = torch.zeros((), dtype=torch.long, device=device)
+        for x, y in batches:
+            hits += (model(x, ones, active).argmax(1) == y).sum()
+        correct.append(hits)
+    return torch.stack(correct)
+
+
+def _correct_in_groups(model: nn.Module, unique: list[ArchKey], batches, per_pass: int,
+                       progress: str) -> tuple[list[ArchKey], torch.Tensor]:
+    """NB201 children `per_pass` at a time through one batched forward (`nb201_children`); those
+    routed alike through an expanded supernet's merged groups go together. Returns the children in
+    the order evaluated and their correct counts."""
+    routes = [edges for edges, _ in getattr(search_cells(model)[0][1], "merged_partials", [])]
+    by_route: dict[tuple, list[ArchKey]] = {}
+    for key in unique:
+        by_route.setdefault(tuple(tuple(key[0][e] for e in edges) for edges in routes), []).append(key)
+    chunks = [group[i:i + per_pass] for group in by_route.values() for i in range(0, len(group), per_pass)]
+    order, correct = [], []
+    for chunk in loop(chunks, f"{progress} ({per_pass} per pass)"):
+        cells = [key[0] for key in chunk]
+        hits = torch.zeros(len(chunk), dtype=torch.long, device=batches[0][0].device)
+        for x, y in batches:
+            predicted = forward_children(model, x, cells).argmax(1).view(len(chunk), len(y))
+            hits += (predicted == y).sum(1)
+        order += chunk
+        correct.append(hits)
+    return order, torch.cat(correct)
 
 
 def evaluate_nb201(model: nn.Module, arch_strs: Iterable[str], batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
