@@ -186,12 +186,13 @@ def test_unsupported_mode_falls_back_to_its_own_step(data, one_thread):
 
 
 def test_channels_last_network_gives_the_same_step(data, one_thread):
-    """NHWC weights (the GPU default) compute the same epoch as NCHW, to float64 rounding."""
+    """NHWC weights (the default) compute the same epoch as NCHW, to float64 rounding."""
     from pipeline_steps.device import use_memory_format
 
     nchw, nhwc = _state(), _state()
     assert use_memory_format(nhwc.model, torch.device("cpu"), "on") == "channels_last"
-    assert use_memory_format(nchw.model, torch.device("cpu"), "auto") == "contiguous"  # auto: CUDA only
+    assert use_memory_format(nchw.model, torch.device("cpu"), "off") == "contiguous"
+    assert use_memory_format(_state().model, torch.device("cpu"), "auto") == "channels_last"
     _run(nchw, data, "off", epochs=1)
     _run(nhwc, data, "eager", epochs=1)
     torch.testing.assert_close(nchw.alpha["cell"], nhwc.alpha["cell"], rtol=1e-9, atol=1e-12)
@@ -199,3 +200,23 @@ def test_channels_last_network_gives_the_same_step(data, one_thread):
         torch.testing.assert_close(p, q, rtol=1e-8, atol=1e-10)
     with pytest.raises(Exception, match="channels_last"):
         use_memory_format(nchw.model, torch.device("cpu"), "sometimes")
+
+
+def test_darts_space_supernet_in_nhwc_computes_the_same_logits_and_gradients():
+    """The DARTS ops (separable and dilated depthwise convolutions, pools, factorized reduce)."""
+    from pipeline_steps.spaces.darts import initial_mask, make_space
+
+    torch.manual_seed(0)
+    space = make_space({"op_set": "darts", "channels": 4, "layers": 3})
+    nchw = space.build(10).double()
+    nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    mask = initial_mask("darts")
+    weights = {k: torch.softmax(torch.randn(m.shape, dtype=torch.float64), -1) for k, m in mask.items()}
+    active = {k: [torch.nonzero(row).flatten().tolist() for row in m] for k, m in mask.items()}
+    x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
+    out = [net(x, weights, active) for net in (nchw, nhwc)]
+    torch.testing.assert_close(out[0], out[1], rtol=1e-10, atol=1e-12)
+    for o in out:
+        o.square().sum().backward()
+    for p, q in zip(nchw.parameters(), nhwc.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-10)

@@ -41,9 +41,11 @@ def alone(model, cell, x):
         return model(x, {"cell": weights["cell"].double()}, active)
 
 
-@pytest.mark.parametrize("bn_affine", [False, True])
-def test_each_childs_logits_are_those_it_computes_alone(bn_affine):
+@pytest.mark.parametrize("bn_affine,nhwc", [(False, False), (True, False), (False, True)])
+def test_each_childs_logits_are_those_it_computes_alone(bn_affine, nhwc):
     state = trained_state(bn_affine, cells_per_stage=2)
+    if nhwc:  # the search networks' default layout
+        state.model.to(memory_format=torch.channels_last)
     x, _ = images()
     cells = [(0, 0, 0, 0, 0, 0), (4, 4, 4, 4, 4, 4), (2, 1, 3, 0, 4, 2), (2, 2, 2, 2, 2, 2), (1, 0, 3, 3, 0, 4)]
     with child_eval.bn_mode(state.model, "batch_stats"):
