@@ -1,260 +1,35 @@
 #!/usr/bin/env python
-"""Speed and memory of one first-order DARTS search iteration, and of the quick pipeline end to end.
+"""Speed and memory of the search: an NB201 DARTS epoch beside xautodl's, one iteration of every
+supernet, DARTS-PT / OStr / P(a) costs, P(a) over the NB201 space, an SE-NAS shrink stage, HEP-NAS's
+SMD step, job start-up, and the quick pipeline end to end.
 
-    python bench/bench.py [--device cpu|cuda|auto] [--skip-pipeline] [--iters N] [--data DIR]
+    python bench/bench.py [--device cpu|cuda|auto] [--skip-pipeline] [--skip-epoch] [--no-xautodl]
+                          [--iters N] [--data DIR]
 
-Prints one Markdown table to stdout and progress to stderr. Each supernet is measured in a fresh
-child process, so that its peak memory (ru_maxrss is a per-process high-water mark) is its own.
+Prints one Markdown table to stdout (each row names the device and torch it ran on) and progress to
+stderr. Each measurement runs in a fresh child process, so that its peak memory (ru_maxrss is a
+per-process high-water mark) is its own. The modules beside this file hold the measurements.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # bench/: the measurement modules
 
-from pipeline_steps.data import DeviceImages  # noqa: E402  (needs ROOT on sys.path)
-from pipeline_steps.datasets import dataset_info  # noqa: E402
-from pipeline_steps.scores.ostr import OStrStatistics  # noqa: E402
-from pipeline_steps.scores.perturbation import op_removal_table  # noqa: E402
-from pipeline_steps.supernet import Optimisation, init_state  # noqa: E402
-from pipeline_steps.train import MODES, StepSettings, StepStats, alpha_step  # noqa: E402
-from pipeline_timing import pipeline_rows  # noqa: E402  (bench/, beside this file)
+from children import children_rows, measure_children  # noqa: E402
+from hep_smd import measure_smd, smd_rows  # noqa: E402
+from iteration import BATCH, SUPERNETS, measure, selection_rows, supernet_rows  # noqa: E402
+from pipeline_timing import pipeline_rows  # noqa: E402
+from startup import startup_rows  # noqa: E402
 
-SUPERNETS = {  # the papers' CIFAR search scale: batch 64, 32 px, 10 classes
-    "nb201": "NB201 supernet C=16 N=5",
-    "darts_no_none": "DARTS supernet 8 cells C=16, 7 ops (darts_no_none)",
-    "darts": "DARTS supernet 8 cells C=16, 8 ops (darts)",
-}
-BATCH, NUM_IMAGES, WARMUP = 64, 50_000, 2
-PT_VAL_IMAGES = 1_024
-CHILDREN = 8
 TIMEOUT_S = 6 * 3600  # a CPU-only DARTS measurement or a pipeline with a large dataset takes a while
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------- one search iteration (child process)
-
-class RandomSearchData:
-    """SearchData's sampling (a fresh random batch per step; D_tr = first half, D_val = last half)
-    over random uint8 CIFAR-sized images, held and augmented on the device by DeviceImages."""
-
-    def __init__(self, device: torch.device, n: int = NUM_IMAGES, batch_size: int = BATCH):
-        g = torch.Generator().manual_seed(0)
-        images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g).numpy()
-        labels = torch.randint(0, 10, (n,), generator=g).numpy()
-        info = dataset_info("cifar10")
-        self.images = DeviceImages(images, labels, info.mean, info.std, device, crop_padding=4)
-        self.batch_size = batch_size
-        self.train_idx, self.val_idx = torch.arange(n // 2), torch.arange(n // 2, n)
-        self.steps_per_epoch = len(self.train_idx) // batch_size
-
-    def _sample(self, pool: torch.Tensor, generator: torch.Generator):
-        pick = torch.randperm(len(pool), generator=generator)[: self.batch_size]
-        return self.images.batch(pool[pick], generator)
-
-    def train_batch(self, state):
-        return self._sample(self.train_idx, state.generator)
-
-    def random_train_batch(self, generator: torch.Generator):
-        return self._sample(self.train_idx, generator)
-
-    def val_batch(self, generator: torch.Generator):
-        return self._sample(self.val_idx, generator)
-
-
-def build_state(kind: str, device: torch.device):
-    if kind == "nb201":
-        from pipeline_steps.spaces import get_space
-        settings = yaml.safe_load((ROOT / "params" / "nasflow.yaml").read_text())["space"]["nb201"]
-        space = get_space("nb201", {**settings, "channels": 16, "cells_per_stage": 5})
-    else:
-        from pipeline_steps.spaces.darts import initial_mask, make_space
-        space = make_space({"op_set": kind, "channels": 16, "layers": 8})
-    state = init_state(space, 10, Optimisation(epochs=50), seed=0, device=device)
-    if kind != "nb201":
-        state.mask = initial_mask(kind)  # the mask a DARTS search starts from (all True for these op sets)
-    return state
-
-
-def max_rss_bytes() -> int:
-    # ru_maxrss is in KiB on Linux, in bytes on macOS
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
-def measure(kind: str, device_name: str, iters: int) -> dict:
-    """Time train.MODES['bilevel'] (alpha step on D_val, then weight step on D_tr) and its peak memory."""
-    device = torch.device(device_name)
-    cuda = device.type == "cuda"
-    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
-    data = RandomSearchData(device)
-    state = build_state(kind, device)
-    state.model.train()
-    step, settings = MODES["bilevel"], StepSettings(grad_clip=5.0)
-    train_stats, val_stats = StepStats(), StepStats()
-    sync()
-    rss_before = max_rss_bytes()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-        alloc_before = torch.cuda.memory_allocated(device)
-    times = []
-    for i in range(WARMUP + iters):
-        log(f"{kind} on {device_name}: iteration {i + 1}/{WARMUP + iters}{' (warm-up)' if i < WARMUP else ''}")
-        sync()
-        t0 = time.perf_counter()
-        step(state, data, settings, train_stats, val_stats, [])
-        sync()
-        if i >= WARMUP:
-            times.append(time.perf_counter() - t0)
-    # memory right after the timed iterations; includes the optimizer state the first step creates
-    if cuda:
-        peak = torch.cuda.max_memory_allocated(device)
-        mem = {"peak_delta": peak - alloc_before, "peak_abs": peak}
-    else:
-        peak = max_rss_bytes()
-        mem = {"peak_delta": peak - rss_before, "peak_abs": peak}
-    # the data path alone: one augmented batch of 64, as each step draws it
-    idx = torch.randperm(len(data.train_idx), generator=state.generator)[:BATCH]
-    batch_times = []
-    for i in range(3 + max(20, iters)):
-        sync()
-        t0 = time.perf_counter()
-        data.images.batch(idx, state.generator)
-        sync()
-        if i >= 3:
-            batch_times.append(time.perf_counter() - t0)
-    extra = selection_costs(state, data, iters, sync) if kind == "nb201" else {}
-    return {"median": statistics.median(times), "min": min(times), "iters": iters, **mem,
-            "batch": statistics.median(batch_times), "threads": torch.get_num_threads(),
-            "load": os.getloadavg()[0], "gpu": torch.cuda.get_device_name(device) if cuda else "", **extra}
-
-
-def selection_costs(state, data, iters: int, sync) -> dict:
-    """What DARTS-PT and OStr add to a supernet: the OStr statistics on every alpha step (side by
-    side with a plain alpha step), and one DARTS-PT op decision (5 ACC\\o passes over D_val images)."""
-    settings, stats = StepSettings(grad_clip=5.0), StepStats()
-    medians = {}
-    for label, hooks in (("alpha_plain", []), ("alpha_ostr", [OStrStatistics()])):
-        times = []
-        for i in range(WARMUP + iters):
-            log(f"alpha step {label}: {i + 1}/{WARMUP + iters}")
-            sync()
-            t0 = time.perf_counter()
-            alpha_step(state, data, settings, stats, hooks)
-            sync()
-            times.append(time.perf_counter() - t0)
-        medians[label] = statistics.median(times[WARMUP:])
-    val = [data.images.batch(data.val_idx[s:s + BATCH]) for s in range(0, PT_VAL_IMAGES, BATCH)]
-    log(f"one DARTS-PT op decision over {PT_VAL_IMAGES} validation images")
-    sync()
-    t0 = time.perf_counter()
-    op_removal_table(state, val, "cell", 0, list(range(len(state.space.ops))))
-    sync()
-    pt_decision = time.perf_counter() - t0
-    # SE-NAS / SPOS / the ranking diagnostic: P(a) of sampled children on one batch of 512 D_val images
-    from pipeline_steps.scores.child_eval import evaluate_nb201, scoring_batches
-    from pipeline_steps.spaces.nb201 import all_arch_strings
-
-    cells = list(all_arch_strings())
-    pick = torch.randperm(len(cells), generator=torch.Generator().manual_seed(0))[:CHILDREN].tolist()
-    batches = scoring_batches(data, torch.Generator().manual_seed(1), images=512, batch_size=512)
-    log(f"P(a) of {CHILDREN} children")
-    sync()
-    t0 = time.perf_counter()
-    evaluate_nb201(state.model, [cells[i] for i in pick], batches, list(state.space.ops))
-    sync()
-    return {**medians, "pt_decision": pt_decision, "child_eval": (time.perf_counter() - t0) / CHILDREN}
-
-
-def measure_smd(space_name: str, device_name: str) -> dict:
-    """HEP-NAS sub-supernet training: the parent split into 2^|h_k| children on the largest
-    hierarchy (NB201 node 3: 3 edges, 8 children; DARTS node 5: 5 edges, 32 children), each a full
-    state with its optimisers; memory held by the children, and one SMD step (CE + KL to the
-    teacher + mean KL to every sibling: 1 + 2^|h_k| forwards). DARTS steps only on a GPU."""
-    from pipeline_steps.distill import SMDSettings
-    from pipeline_steps.partition import EdgeSplit, spawn_child, spawn_children
-
-    device = torch.device(device_name)
-    cuda = device.type == "cuda"
-    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
-    data = RandomSearchData(device)
-    state = build_state("nb201" if space_name == "nb201" else "darts_no_none", device)
-    n_ops = len(state.space.ops)
-    kind, edges = ("cell", (3, 4, 5)) if space_name == "nb201" else ("normal", (9, 10, 11, 12, 13))
-    half = n_ops // 2
-    splits = [EdgeSplit(kind, e, (tuple(range(half)), tuple(range(half, n_ops))), 0.0) for e in edges]
-    MODES["bilevel"](state, data, StepSettings(grad_clip=5.0), StepStats(), StepStats(), [])  # optimiser state exists
-    sync()
-    before = torch.cuda.memory_allocated(device) if cuda else max_rss_bytes()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    teacher = spawn_child(state, state.mask)
-    children = spawn_children(state, splits)
-    sync()
-    held = (torch.cuda.memory_allocated(device) - before) if cuda else state_bytes([teacher, *children])
-    out = {"children": len(children), "held": held, "step": None, "peak": None}
-    if cuda or space_name == "nb201":
-        settings = SMDSettings(grad_clip=5.0, teacher=teacher, siblings=tuple(children[1:]))
-        times = []
-        for i in range(3):
-            log(f"SMD step {space_name} {i + 1}/3")
-            sync()
-            t0 = time.perf_counter()
-            MODES["smd"](children[0], data, settings, StepStats(), StepStats(), [])
-            sync()
-            times.append(time.perf_counter() - t0)
-        out["step"] = statistics.median(times[1:])
-        out["peak"] = (torch.cuda.max_memory_allocated(device) if cuda else max_rss_bytes()) - before
-    return out
-
-
-def state_bytes(states) -> int:
-    """Bytes of every tensor the states hold: weights, BN buffers, alpha, optimiser moments."""
-    def tensors(obj):
-        if torch.is_tensor(obj):
-            yield obj
-        elif isinstance(obj, dict):
-            for v in obj.values():
-                yield from tensors(v)
-        elif isinstance(obj, (list, tuple)):
-            for v in obj:
-                yield from tensors(v)
-    total = 0
-    for st in states:
-        for t in tensors([st.model.state_dict(), list(st.alpha.values()), st.w_optimizer.state_dict()["state"],
-                          st.a_optimizer.state_dict()["state"]]):
-            total += t.numel() * t.element_size()
-    return total
-
-
-def smd_rows(space_name: str, device: str, m: dict) -> list[tuple]:
-    what = f"HEP-NAS SMD, {SUPERNETS['nb201' if space_name == 'nb201' else 'darts_no_none']}, {m['children']} children"
-    mem = "torch.cuda.memory_allocated" if device == "cuda" else "peak RSS"
-    held = "torch.cuda.memory_allocated increase after spawning" if device == "cuda" else "bytes of their tensors"
-    rows = [(f"{what}: memory held by the children + teacher", device, f"{m['held'] / 2**20:.0f}", "MiB",
-             f"{held}: weights, BN buffers, alpha, SGD momentum, Adam moments")]
-    if m["step"] is None:
-        rows.append((f"{what}: one SMD step", device, "-", "s", "skipped on CPU (1 + 32 forwards of the DARTS supernet)"))
-    else:
-        rows += [(f"{what}: one SMD step", device, f"{m['step']:.4g}", "s",
-                  f"batch {BATCH}: child forward/backward + teacher + {m['children'] - 1} sibling forwards"),
-                 (f"{what}: peak memory over the step", device, f"{m['peak'] / 2**20:.0f}", "MiB",
-                  f"{mem} increase over the parent alone, children held")]
-    return rows
 
 
 def run_child(kind: str, device: str, iters: int) -> dict:
@@ -265,52 +40,49 @@ def run_child(kind: str, device: str, iters: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def selection_rows(device: str, m: dict) -> list[tuple]:
-    return [
-        ("alpha step, NB201 supernet, plain", device, f"{m['alpha_plain']:.4g}", "s/step", "median; side by side with the next row"),
-        ("alpha step, NB201 supernet, with the OStr statistics", device, f"{m['alpha_ostr']:.4g}", "s/step",
-         f"ratio {m['alpha_ostr'] / m['alpha_plain']:.3f}: |dL/dalpha|, |dL/dtheta| from the same backward"),
-        ("P(a) of one child, NB201 supernet", device, f"{m['child_eval']:.4g}", "s/child",
-         f"{CHILDREN} sampled cells, one batch of 512 D_val images, batch-stat BN; x15,625 = "
-         f"{m['child_eval'] * 15625 / 3600:.3g} h for the whole space (children with equal outputs are computed once)"),
-        ("DARTS-PT op decision, NB201 supernet", device, f"{m['pt_decision']:.4g}", "s",
-         f"5 ACC\\o passes over {PT_VAL_IMAGES} D_val images (batch {BATCH}, train-mode BN); "
-         f"x{25_000 // PT_VAL_IMAGES} for the whole 25,000-image D_val half"),
-    ]
-
-
-def supernet_rows(kind: str, device: str, m: dict) -> list[tuple]:
-    what = f"DARTS iteration, {SUPERNETS[kind]}"
-    runs = f"{m['iters']} iters after {WARMUP} warm-up"
-    where = f"{m['threads']} torch threads, load avg {m['load']:.1f}" if device == "cpu" else m["gpu"]
-    mem = "peak RSS (ru_maxrss)" if device == "cpu" else "torch.cuda.max_memory_allocated"
-    return [
-        (f"{what}: median", device, f"{m['median']:.4g}", "s/iter",
-         f"alpha step (D_val) + weight step (D_tr), batch {BATCH}; {runs}; {where}"),
-        (f"{what}: min", device, f"{m['min']:.4g}", "s/iter", runs),
-        (f"{what}: peak memory increase", device, f"{m['peak_delta'] / 2**20:.0f}", "MiB",
-         f"{mem} minus its value before the first iteration: activations, grads, optimizer state"),
-        (f"{what}: peak memory", device, f"{m['peak_abs'] / 2**20:.0f}", "MiB",
-         f"{mem}, absolute; includes {NUM_IMAGES} uint8 images ({NUM_IMAGES * 3072 / 2**20:.0f} MiB) as data"),
-        (f"{what}: data share", device, f"{100 * 2 * m['batch'] / m['median']:.2g}", "%",
-         "2 augmented batches (D_val + D_tr) per iteration / median iteration time"),
-    ]
-
-
 # ----------------------------------------------------------------- main
+
+def device_label(device: str) -> str:
+    """Which device and torch a row ran on."""
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    return f"{name}, torch {torch.__version__}"
+
+
+def epoch_rows(device: str, xautodl: bool, iters: int | None) -> list[tuple]:
+    """bench/step_speed.py: an NB201 DARTS epoch, plain / captured / xautodl side by side, and on CUDA
+    K concurrent searches per card."""
+    cmd = [sys.executable, str(HERE / "step_speed.py"), "--device", device, "--json"]
+    cmd += ["--concurrent", "1,2,4,8"] if device == "cuda" else ["--threads", "2"]
+    cmd += ["--iters", str(iters or (4 if device == "cpu" else 391))]  # plain and xautodl steps timed per epoch
+    if not xautodl:
+        cmd.append("--no-xautodl")
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=TIMEOUT_S)
+    if r.returncode != 0:
+        raise SystemExit(f"bench: bench/step_speed.py on {device} failed (exit {r.returncode})")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return [(what, device_label(device), value, "", f"{detail}; {out['where']}; batch {out['batch']}".lstrip("; "))
+            for what, value, detail in out["rows"]]
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto",
                    help="auto (default): CPU, and CUDA too when available")
-    p.add_argument("--skip-pipeline", action="store_true", help="only the per-iteration measurements")
+    p.add_argument("--skip-pipeline", action="store_true", help="leave out the quick pipeline end to end")
+    p.add_argument("--skip-epoch", action="store_true", help="leave out bench/step_speed.py's epoch rows")
+    p.add_argument("--no-xautodl", action="store_true", help="leave out xautodl's search model")
     p.add_argument("--iters", type=int, default=None, help="timed iterations (default: 5 on CPU, 50 on GPU)")
     p.add_argument("--data", default=None, help="image folder (train/<class>/*) for the pipeline run")
     p.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._child:
         kind, device, iters = args._child
-        result = measure_smd(kind[4:], device) if kind.startswith("smd-") else measure(kind, device, int(iters))
+        if kind == "children":
+            result = measure_children(device)
+        elif kind.startswith("smd-"):
+            result = measure_smd(kind[4:], device)
+        else:
+            result = measure(kind, device, int(iters))
         print(json.dumps(result))
         return
 
@@ -320,22 +92,27 @@ def main() -> None:
     devices = {"cpu": ["cpu"], "cuda": ["cuda"], "auto": ["cpu"] + (["cuda"] if has_cuda else [])}[args.device]
     rows = []
     for device in devices:
+        label = device_label(device)
         iters = args.iters or (50 if device == "cuda" else 5)
+        if not args.skip_epoch:
+            rows += epoch_rows(device, not args.no_xautodl, args.iters)
         results = {kind: run_child(kind, device, iters) for kind in SUPERNETS}
-        rows.append(("data batch: DeviceImages.batch, augmented", device, f"{results['nb201']['batch'] * 1e3:.3g}",
+        rows.append(("data batch: DeviceImages.batch, augmented", label, f"{results['nb201']['batch'] * 1e3:.3g}",
                      "ms/batch", f"random crop + flip + normalise of {BATCH} images of 32 px, on the device (median)"))
         for kind, m in results.items():
-            rows += supernet_rows(kind, device, m)
-        rows += selection_rows(device, results["nb201"])
+            rows += supernet_rows(kind, label, m)
+        rows += selection_rows(label, results["nb201"])
+        rows += children_rows(label, run_child("children", device, iters))
         for space_name in ("nb201", "darts"):
-            rows += smd_rows(space_name, device, run_child(f"smd-{space_name}", device, iters))
+            rows += smd_rows(space_name, label, run_child(f"smd-{space_name}", device, iters))
     if not has_cuda:
-        rows.append(("DARTS iteration (every supernet)", "cuda", "-", "-", "skipped: CUDA not available"))
+        rows.append(("every row above on CUDA", "cuda", "-", "-", "skipped: CUDA not available (pending a GPU)"))
+    rows += startup_rows(device_label("cpu"))
     if args.skip_pipeline:
         rows.append(("pipeline end to end / no-op / dry run", "-", "-", "-", "skipped (--skip-pipeline)"))
     else:
-        label = "cuda" if args.device != "cpu" and has_cuda else "cpu"
-        rows += pipeline_rows(args.device, args.data, label)
+        device = "cuda" if args.device != "cpu" and has_cuda else "cpu"
+        rows += pipeline_rows(args.device, args.data, device_label(device))
 
     print("| measurement | device | value | unit | notes |")
     print("| --- | --- | --- | --- | --- |")

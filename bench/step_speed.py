@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline_steps.data import DeviceImages, SearchData  # noqa: E402
 from pipeline_steps.datasets import dataset_info  # noqa: E402
-from pipeline_steps.device import device_name  # noqa: E402
+from pipeline_steps.device import device_name, use_memory_format  # noqa: E402
 from pipeline_steps.scores.ostr import OStrStatistics  # noqa: E402
 from pipeline_steps.spaces import get_space  # noqa: E402
 from pipeline_steps.supernet import Optimisation, init_state  # noqa: E402
@@ -61,7 +60,9 @@ def random_search_data(device: torch.device, batch: int, steps: int, n: int = 2 
 def nb201_state(device: torch.device, seed: int = 0):
     space = get_space("nb201", {"op_order": OPS, "bn_affine": False, "pool_bn": False, "channels": 16,
                                 "cells_per_stage": 5})
-    return init_state(space, 10, Optimisation(epochs=50), seed=seed, device=device)
+    state = init_state(space, 10, Optimisation(epochs=50), seed=seed, device=device)
+    use_memory_format(state.model, torch.device(device), "auto")  # the layout the stages run in
+    return state
 
 
 def sync(device: torch.device) -> None:
@@ -196,6 +197,7 @@ def main() -> None:
     p.add_argument("--window", type=float, default=5.0, help="seconds each concurrent measurement counts")
     p.add_argument("--startup", type=float, default=25.0, help="seconds the concurrent processes get to start")
     p.add_argument("--no-xautodl", action="store_true")
+    p.add_argument("--json", action="store_true", help="the rows as one JSON list (for bench/bench.py)")
     p.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--phases", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
     p.add_argument("--starts", type=float, nargs="*", default=[], help=argparse.SUPPRESS)
@@ -237,6 +239,9 @@ def main() -> None:
         for k, rate in concurrent(args, phases).items():
             rows.append((f"{k} concurrent NB201 searches, captured", f"{rate:.1f} steps/s total",
                          f"{full / rate * k:.2f} s per epoch each; {rate * 3600 / (full * 50):.1f} 50-epoch searches/h"))
+    if args.json:
+        print(json.dumps({"where": where, "batch": args.batch, "rows": rows}))
+        return
     print(f"\n{where}; batch {args.batch}; an epoch is {full} steps (25,000 D_tr images)\n")
     print("| measurement | value | detail |\n|---|---|---|")
     for r in rows:

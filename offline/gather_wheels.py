@@ -2,15 +2,16 @@
 """Gather the wheels a paper run needs on a GPU machine without network that has Python and
 PyTorch (with CUDA) but none of nasflow's other packages.
 
-    python offline/gather_wheels.py WHEEL_DIR [--python-version 3.12] [--have FILE]
+    python offline/gather_wheels.py WHEEL_DIR [--python-version 3.12] [--have FILE] [--bench]
 
 Run it where nasflow is installed (`pip install -e .`): it takes the packages the pipeline's stages
 and Snakemake import, with every dependency installed here, drops those the target already has
 (PyTorch and its stack, or the names listed one per line in --have), and downloads each remaining
 one as a wheel for the target Python on x86-64 Linux (building a wheel where only a source archive
 exists). Tracking (MLflow) and DVC are left out: a paper run works without them and the results
-carry their provenance. Then carry WHEEL_DIR and the CIFAR-10 files to the GPU machine and run
-`offline/paper_run.sh` there.
+carry their provenance. `--bench` adds xautodl (installed here, without its dependencies), the
+search model bench/step_speed.py compares against. Then carry WHEEL_DIR and the CIFAR-10 files to
+the GPU machine and run `offline/paper_run.sh` or `offline/gpu_bench.sh` there.
 """
 from __future__ import annotations
 
@@ -60,13 +61,15 @@ def main() -> int:
     p.add_argument("wheel_dir", type=Path)
     p.add_argument("--python-version", default="3.12")
     p.add_argument("--have", type=Path, default=None, help="packages the target already has, one name per line")
+    p.add_argument("--bench", action="store_true", help="also xautodl, for bench/step_speed.py's comparison")
     args = p.parse_args()
     skip = {norm(n) for n in TARGET_HAS}
     if args.have:
         skip |= {norm(line.split("==")[0].strip()) for line in args.have.read_text().splitlines() if line.strip()}
     args.wheel_dir.mkdir(parents=True, exist_ok=True)
     failed = []
-    for pkg in closure(ROOTS, skip):
+    extra = [f"xautodl=={md.version('xautodl')}"] if args.bench else []
+    for pkg in [*closure(ROOTS, skip), *extra]:
         platforms = [a for plat in PLATFORMS for a in ("--platform", plat)]
         got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                               "--python-version", args.python_version, "--implementation", "cp", *platforms,
