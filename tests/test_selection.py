@@ -242,3 +242,39 @@ def test_pt_op_decision_keeps_the_op_whose_removal_hurts_most(one_thread):
     row = state.mask["cell"][d["edge"]]
     assert row.sum() == 1 and OPS[int(row.nonzero())] == d["chosen"]
     assert state.weights()["cell"][d["edge"]].max() == 1.0  # the decided edge is one-hot
+
+
+def test_pt_eval_images_scores_every_decision_on_one_random_subset_of_d_val_kept_across_a_resume(tiny_folder):
+    from types import SimpleNamespace
+
+    from pipeline_steps.data import DataSettings, SearchData
+
+    cfg = {"method": {"darts_pt": {"proj_intv": 1, "criterion": "acc", "tune_lr": 0.01, "tune_lr_min": 0.001,
+                                   "tune_schedule": {"nb201": "constant", "darts": "cosine"},
+                                   "eval_batch_size": 8, "eval_images": None, "preset": "shared", "presets": {}}},
+           "search": {"momentum": 0.9, "weight_decay": 3e-4, "batch_size": 16}}
+    method = get_method("darts_pt")
+    assert "eval_images" not in method.stage_settings(cfg, "nb201", "select")  # unset: the paper's stage key
+    cfg["method"]["darts_pt"]["eval_images"] = 20
+    s = method.stage_settings(cfg, "nb201", "select")
+    assert s["eval_images"] == 20
+    data = SearchData(DataSettings("cifar10", str(tiny_folder), source="folder"), batch_size=16, device="cpu")
+    pool = data.images.batch(data.val_idx)[0]
+
+    def scored_images(state) -> list[int]:
+        seen = []
+        run = SimpleNamespace(state=state, data=data, checkpoint=lambda: None,
+                              timed=lambda fn, st, val, t, s: seen.append(torch.cat([x for x, _ in val])),
+                              epoch=lambda mode, **kw: setattr(state, "epoch", state.epoch + 1))
+        method.run_stage("select", run, s)
+        images = torch.cat(seen)
+        return [int(torch.nonzero((pool == x).flatten(1).all(1))[0]) for x in images]
+
+    state = init_state(get_space("nb201", NB201), 10, Optimisation(epochs=1), seed=0, device="cpu")
+    method.prepare_stage("select", state, s)
+    state.extra["pt"]["tune_epochs"] = 1  # one decision is enough to see the images
+    first = scored_images(state)
+    assert len(first) == 20 == len(set(first)) and first != list(range(20))  # 20 distinct, drawn at random
+    state.epoch = state.extra["pt"]["start_epoch"]  # a resumed stage: the same images again
+    state.extra["pt"]["decisions"] = []
+    assert scored_images(state) == first

@@ -6,7 +6,7 @@
                and, at the start of every `proj_intv`-th tuning epoch (and of the last one), decide:
                  op decision   an undecided edge, drawn at random; ACC\\o = validation accuracy with
                                theta[e, o] := 0 for each candidate o (the whole D_val half, train-mode
-                               BN); keep the op whose removal hurts most, argmin ACC\\o. The edge is
+                               BN; `eval_images` of it, drawn once, for a quick look); keep the op whose removal hurts most, argmin ACC\\o. The edge is
                                discretised: only that op stays alive in the mask, so its weight is 1.
                                (DARTS space: one normal and one reduction edge per decision.)
                  topology      (DARTS space, once every edge has its op) a random node with more than
@@ -77,6 +77,8 @@ class DartsPT(Method):
              "tune_lr": p["tune_lr"], "tune_lr_min": p["tune_lr_min"], "tune_schedule": p["tune_schedule"][space],
              "momentum": search["momentum"], "weight_decay": search["weight_decay"],
              "eval_batch_size": p["eval_batch_size"] or search["batch_size"]}
+        if p.get("eval_images"):  # a quick look only; unset, stage keys stay those of the paper setting
+            s["eval_images"] = p["eval_images"]
         if space == "darts":  # NB201 has no topology step: its settings (and stage key) stay as they are
             s["topology"] = topology_rule(p)
         return s
@@ -86,6 +88,8 @@ class DartsPT(Method):
         """Fine-tuning restarts the weight optimiser (the code's fresh SGD at 0.1 x the search LR)."""
         state.extra["pt"] = {"start_epoch": state.epoch, "tune_epochs": tuning_epochs(state, s["proj_intv"]),
                              "decisions": []}
+        if s.get("eval_images"):  # the subset of D_val, drawn once: a resumed stage scores the same images
+            state.extra["pt"]["val_seed"] = int(torch.randint(2**31, (1,), generator=state.generator))
         state.w_optimizer = torch.optim.SGD(state.model.parameters(), lr=s["tune_lr"], momentum=s["momentum"],
                                             weight_decay=s["weight_decay"])
         if s["tune_schedule"] == "cosine":
@@ -103,7 +107,9 @@ class DartsPT(Method):
             decided_now = any(d["epoch"] == t for d in pt["decisions"])
             if (t % intv == 0 or t == total - 1) and not decided_now and undecided(state):
                 if val is None and s["variant"] != "mag":  # the whole D_val half, kept on the device
-                    val = list(run.data.val_batches(s["eval_batch_size"]))
+                    limit = s.get("eval_images")
+                    subset = torch.Generator().manual_seed(pt["val_seed"]) if limit else None
+                    val = list(run.data.val_batches(s["eval_batch_size"], limit, generator=subset))
                 run.timed(self.decide, state, val, t, s)
                 run.checkpoint()  # a kill during tuning does not redo this decision
             run.epoch(mode, tune_epoch=t + 1)
