@@ -2,7 +2,7 @@
 # The GPU measurements in one command, on a GPU machine without network (see offline/setup.sh;
 # gather the wheels with `offline/gather_wheels.py WHEEL_DIR --bench` for xautodl's row):
 #     offline/gpu_bench.sh WHEEL_DIR CIFAR10_TARBALL OUT_DIR [PAPER_RUN_SECONDS [paper-run args]]
-# 1. bench/bench.py on CUDA, every row but the pipeline's (about 6 minutes) -> OUT_DIR/bench-cuda.md
+# 1. bench/bench.py on CUDA, every row but the pipeline's (about 8 minutes, compiling included) -> OUT_DIR/bench-cuda.md
 # 2. with PAPER_RUN_SECONDS > 0, paper-profile NB201 searches for that long (default: DARTS and
 #    OStr-DARTS, seed 0), their results -> OUT_DIR/results.tar.gz for `ledger add`. The same command
 #    resumes them on the next machine.

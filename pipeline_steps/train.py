@@ -107,8 +107,8 @@ def train_epoch(state: SupernetState, data: SearchData, mode: str, settings: Ste
                 label: str | None = None) -> dict[str, float]:
     """One epoch (one pass over D_tr: len(D_tr)/batch steps) in `mode`; steps the LR schedule once,
     advances state.epoch. `captured`: off (the plain step) | eager (the captured step's function run
-    as it is) | graph (recorded once as a CUDA graph and replayed; eager on CPU) | auto (graph on
-    CUDA, off elsewhere). Modes the captured step does not cover always run plain. `progress`: a
+    as it is) | graph (recorded once as a CUDA graph and replayed; eager on CPU) | compiled (graph,
+    the network torch.compile'd) | auto (graph on CUDA, off elsewhere). Modes the captured step does not cover always run plain. `progress`: a
     bar on a terminal, heartbeat lines in a log (progress.py); `label` (e.g. the stage) heads them."""
     hooks = list(hooks)
     state.model.train()
@@ -153,10 +153,13 @@ def _running(train_stats: StepStats, val_stats: StepStats) -> tuple[float, int]:
     return (stats.means()[0] if stats.count else float("nan")), stats.count
 
 
+CAPTURED_CHOICES = ("off", "eager", "graph", "compiled", "auto")
+
+
 def _captured_step(state: SupernetState, mode: str, settings: StepSettings, hooks: list, captured: str):
-    if captured not in ("off", "eager", "graph", "auto"):
-        raise ValueError(f"captured step {captured!r}: use off, eager, graph or auto")
-    use_graph = captured == "graph" or (captured == "auto" and state.device.type == "cuda")
+    if captured not in CAPTURED_CHOICES:
+        raise ValueError(f"captured step {captured!r}: use {', '.join(CAPTURED_CHOICES)}")
+    use_graph = captured in ("graph", "compiled") or (captured == "auto" and state.device.type == "cuda")
     if captured == "off" or (captured == "auto" and not use_graph):
         return None
     from .captured_step import CapturedStep, supported
@@ -164,7 +167,8 @@ def _captured_step(state: SupernetState, mode: str, settings: StepSettings, hook
     if supported(state, mode, hooks) is not None:
         return None
     ostr = next(iter(hooks), None)
-    return CapturedStep(state, mode, settings.mixing, settings.grad_clip, ostr, use_graph)
+    return CapturedStep(state, mode, settings.mixing, settings.grad_clip, ostr, use_graph,
+                        compile_network=captured == "compiled")
 
 
 @torch.no_grad()

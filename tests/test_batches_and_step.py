@@ -220,3 +220,57 @@ def test_darts_space_supernet_in_nhwc_computes_the_same_logits_and_gradients():
         o.square().sum().backward()
     for p, q in zip(nchw.parameters(), nhwc.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-10)
+
+
+@pytest.fixture
+def compile_backend(monkeypatch):
+    """The compiled step's backend for a test; dynamo's caches are cleared afterwards."""
+    from pipeline_steps import captured_step
+
+    yield lambda backend: monkeypatch.setattr(captured_step, "COMPILE_BACKEND", backend)
+    torch._dynamo.reset()
+
+
+def _same_state(a, b, rtol=1e-8, atol=1e-10):
+    for k in a.alpha:
+        torch.testing.assert_close(a.alpha[k], b.alpha[k], rtol=rtol, atol=atol)
+    for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=rtol, atol=atol, msg=name)  # BN running statistics included
+
+
+def test_compiled_network_in_the_captured_step_equals_the_plain_step(data, one_thread, compile_backend):
+    """torch.compile's tracing and compiled autograd around the captured step (backend aot_eager: no
+    code generation, so it runs quickly on CPU; inductor is the e2e test below)."""
+    compile_backend("aot_eager")
+    plain, fast = _state(), _state()
+    plain_records = _run(plain, data, "off")
+    fast_records = _run(fast, data, "compiled")
+    assert [r["step_path"] for r in fast_records] == ["eager+compiled"] * 2
+    for a, b in zip(plain_records, fast_records):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-9)
+    _same_state(plain, fast)
+
+
+def test_a_network_that_cannot_be_compiled_runs_uncompiled_after_one_line(data, one_thread, compile_backend, capfd):
+    def no_compiler(graph, example_inputs):
+        raise RuntimeError("no C++ compiler on this machine")
+
+    compile_backend(no_compiler)
+    plain, fast = _state(), _state()
+    _run(plain, data, "off", epochs=1)
+    records = _run(fast, data, "compiled", epochs=1)
+    assert records[0]["step_path"] == "eager"
+    err = capfd.readouterr().err
+    assert err.count("compiling the network failed") == 1 and "no C++ compiler" in err
+    _same_state(plain, fast)
+
+
+@pytest.mark.e2e
+def test_inductor_compiled_step_equals_the_plain_step(data, one_thread, compile_backend):
+    """The default backend, code generated for this CPU (a minute or more to compile)."""
+    compile_backend("inductor")
+    plain, fast = _state(dtype=torch.float32), _state(dtype=torch.float32)
+    _run(plain, data, "off", epochs=1)
+    assert _run(fast, data, "compiled", epochs=1)[0]["step_path"] == "eager+compiled"
+    _same_state(plain, fast, rtol=1e-4, atol=1e-5)
