@@ -117,3 +117,21 @@ def test_children_share_a_pass_on_a_gpu_only():
     darts = get_space("darts", {"channels": 4, "layers": 2}).build(10)
     assert child_eval.children_per_pass(darts, torch.device("cuda"), 512) == 1
     assert OPS[0] == "none"
+
+
+def test_a_pass_that_does_not_fit_the_gpu_is_split_in_halves(monkeypatch):
+    state = trained_state()
+    batches = [images(8, 4)]
+    archs = list(itertools.islice(((a,) for a in itertools.product(range(5), repeat=6)), 100, 3000, 401))
+    one = child_eval.evaluate_children(state.model, archs, batches, ("cell",), 5)
+    passes = []
+
+    def small_gpu(model, x, cells):
+        if len(cells) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (a test)")
+        passes.append(len(cells))
+        return forward_children(model, x, cells)
+
+    monkeypatch.setattr(child_eval, "forward_children", small_gpu)
+    assert child_eval.evaluate_children(state.model, archs, batches, ("cell",), 5, per_pass=7) == one
+    assert max(passes) == 2 and sum(passes) == len(archs)

@@ -212,14 +212,25 @@ def _correct_in_groups(model: nn.Module, unique: list[ArchKey], batches, per_pas
     chunks = [group[i:i + per_pass] for group in by_route.values() for i in range(0, len(group), per_pass)]
     order, correct = [], []
     for chunk in loop(chunks, f"{progress} ({per_pass} per pass)"):
-        cells = [key[0] for key in chunk]
-        hits = torch.zeros(len(chunk), dtype=torch.long, device=batches[0][0].device)
-        for x, y in batches:
-            predicted = forward_children(model, x, cells).argmax(1).view(len(chunk), len(y))
-            hits += (predicted == y).sum(1)
         order += chunk
-        correct.append(hits)
+        correct.append(_correct_together(model, [key[0] for key in chunk], batches))
     return order, torch.cat(correct)
+
+
+def _correct_together(model: nn.Module, cells: list[tuple[int, ...]], batches) -> torch.Tensor:
+    """Correct counts of `cells` from one batched pass per batch; a pass that does not fit the
+    GPU's memory is split in halves."""
+    try:
+        hits = torch.zeros(len(cells), dtype=torch.long, device=batches[0][0].device)
+        for x, y in batches:
+            hits += (forward_children(model, x, cells).argmax(1).view(len(cells), len(y)) == y).sum(1)
+        return hits
+    except torch.cuda.OutOfMemoryError:
+        if len(cells) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(cells) // 2
+        return torch.cat([_correct_together(model, cells[:half], batches), _correct_together(model, cells[half:], batches)])
 
 
 def evaluate_nb201(model: nn.Module, arch_strs: Iterable[str], batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
