@@ -8,7 +8,8 @@ device, every child sees the same images, the mixing weights are one all-ones te
 ops listed in `active` are computed, so ones make each child's path exactly), BN is switched
 once, and correct counts stay on the device until one transfer at the end. Under batch
 statistics, NB201 children that differ only on edges that cannot reach the cell output compute
-the same logits and are evaluated once (9,445 forwards for the 15,625 cells).
+the same logits and are evaluated once (9,445 forwards for the 15,625 cells). On a GPU, NB201
+children share forward passes, 16 at a time (`spaces/nb201_children.py`).
 """
 from __future__ import annotations
 
