@@ -43,8 +43,8 @@ def run_child(kind: str, device: str, iters: int) -> dict:
 # ----------------------------------------------------------------- main
 
 def device_label(device: str) -> str:
-    """Which device and torch a row ran on."""
-    name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    """Which device and torch a row ran on ("cpu, torch ..." / "cuda (card), torch ...")."""
+    name = f"cuda ({torch.cuda.get_device_name(0)})" if device == "cuda" else "cpu"
     return f"{name}, torch {torch.__version__}"
 
 

@@ -73,8 +73,8 @@ def state_bytes(states) -> int:
 
 def smd_rows(space_name: str, device: str, m: dict) -> list[tuple]:
     what = f"HEP-NAS SMD, {SUPERNETS['nb201' if space_name == 'nb201' else 'darts_no_none']}, {m['children']} children"
-    mem = "torch.cuda.memory_allocated" if device == "cuda" else "peak RSS"
-    held = "torch.cuda.memory_allocated increase after spawning" if device == "cuda" else "bytes of their tensors"
+    mem = "torch.cuda.memory_allocated" if device.startswith("cuda") else "peak RSS"
+    held = "torch.cuda.memory_allocated increase after spawning" if device.startswith("cuda") else "bytes of their tensors"
     rows = [(f"{what}: memory held by the children + teacher", device, f"{m['held'] / 2**20:.0f}", "MiB",
              f"{held}: weights, BN buffers, alpha, SGD momentum, Adam moments")]
     if m["step"] is None:

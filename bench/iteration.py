@@ -188,8 +188,8 @@ def selection_rows(device: str, m: dict) -> list[tuple]:
 def supernet_rows(kind: str, device: str, m: dict) -> list[tuple]:
     what = f"DARTS iteration, {SUPERNETS[kind]}"
     runs = f"{m['iters']} iters after {WARMUP} warm-up"
-    where = f"{m['threads']} torch threads, load avg {m['load']:.1f}" if device == "cpu" else m["gpu"]
-    mem = "peak RSS (ru_maxrss)" if device == "cpu" else "torch.cuda.max_memory_allocated"
+    where = f"{m['threads']} torch threads, load avg {m['load']:.1f}" if device.startswith("cpu") else m["gpu"]
+    mem = "peak RSS (ru_maxrss)" if device.startswith("cpu") else "torch.cuda.max_memory_allocated"
     return [
         (f"{what}: median", device, f"{m['median']:.4g}", "s/iter",
          f"alpha step (D_val) + weight step (D_tr), batch {BATCH}; {runs}; {where}"),
