@@ -5,8 +5,9 @@ import statistics
 import time
 
 import torch
+import yaml
 
-from iteration import BATCH, SUPERNETS, RandomSearchData, build_state, log, max_rss_bytes
+from iteration import BATCH, ROOT, SUPERNETS, RandomSearchData, build_state, log, max_rss_bytes
 from pipeline_steps.train import MODES, StepSettings, StepStats
 
 
@@ -21,7 +22,7 @@ def measure_smd(space_name: str, device_name: str) -> dict:
     device = torch.device(device_name)
     cuda = device.type == "cuda"
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
-    data = RandomSearchData(device)
+    data = RandomSearchData(device, batch_size=paper_batch())
     state = build_state("nb201" if space_name == "nb201" else "darts_no_none", device)
     n_ops = len(state.space.ops)
     kind, edges = ("cell", (3, 4, 5)) if space_name == "nb201" else ("normal", (9, 10, 11, 12, 13))
@@ -50,6 +51,14 @@ def measure_smd(space_name: str, device_name: str) -> dict:
         out["step"] = statistics.median(times[1:])
         out["peak"] = (torch.cuda.max_memory_allocated(device) if cuda else max_rss_bytes()) - before
     return out
+
+
+def paper_batch() -> int:
+    """HEP-NAS's batch in the paper profile (params/, not restated here)."""
+    base = yaml.safe_load((ROOT / "params" / "nasflow.yaml").read_text())
+    paper = yaml.safe_load((ROOT / "params" / "profiles" / "paper.yaml").read_text())
+    batch = {**base["method"]["hep_nas"], **paper.get("method", {}).get("hep_nas", {})}["batch_size"]
+    return (batch.get("nb201", BATCH) if isinstance(batch, dict) else batch) or BATCH
 
 
 def state_bytes(states) -> int:
@@ -81,7 +90,8 @@ def smd_rows(space_name: str, device: str, m: dict) -> list[tuple]:
         rows.append((f"{what}: one SMD step", device, "-", "s", "skipped on CPU (1 + 32 forwards of the DARTS supernet)"))
     else:
         rows += [(f"{what}: one SMD step", device, f"{m['step']:.4g}", "s",
-                  f"batch {BATCH}: child forward/backward + teacher + {m['children'] - 1} sibling forwards"),
+                  f"batch {paper_batch()} (the paper's): child forward/backward + teacher + {m['children'] - 1} "
+                  "sibling forwards"),
                  (f"{what}: peak memory over the step", device, f"{m['peak'] / 2**20:.0f}", "MiB",
                   f"{mem} increase over the parent alone, children held")]
     return rows
