@@ -48,16 +48,24 @@ def seconds(code: str, env: dict) -> float:
 
 def startup_rows(device: str) -> list[tuple]:
     rows = []
+    has_mlflow = importlib.util.find_spec("mlflow") is not None  # a bare GPU machine's wheels leave it out
     with tempfile.TemporaryDirectory(prefix="nasflow-bench-") as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": path}
         env.pop("NASFLOW_PARENT_RUN", None)
-        code = STEPS["+ an MLflow run (SQLite)"].replace("URI", repr(uri))
-        subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True)  # makes the db
+        steps = {label: code.replace("URI", repr(uri)) for label, code in STEPS.items()}
+        mlflow_step = "+ an MLflow run (SQLite)"
+        if has_mlflow:  # the database exists before the timed runs, as in a pipeline after its first job
+            subprocess.run([sys.executable, "-c", steps[mlflow_step]], cwd=ROOT, env=env, check=True,
+                           capture_output=True)
+        else:
+            del steps[mlflow_step]
         note = "bytecode compiled" if bytecode_present() else "no compiled bytecode: sources compiled in every job"
-        for label, code in STEPS.items():
+        for label, code in steps.items():
             log(f"job start-up: {label}")
-            t = seconds(code.replace("URI", repr(uri)), env)
-            rows.append((f"job start-up: {label}", device, f"{t:.3g}", "s",
+            rows.append((f"job start-up: {label}", device, f"{seconds(code, env):.3g}", "s",
                          f"fresh process, median of {RUNS}; {note}"))
+    if not has_mlflow:
+        rows.append((f"job start-up: {mlflow_step}", device, "-", "s", "skipped: MLflow not installed"))
     return rows
