@@ -90,34 +90,46 @@ def main() -> None:
     if args.device == "cuda" and not has_cuda:
         raise SystemExit("bench: --device cuda asked for but CUDA is not available")
     devices = {"cpu": ["cpu"], "cuda": ["cuda"], "auto": ["cpu"] + (["cuda"] if has_cuda else [])}[args.device]
-    rows = []
+    print("| measurement | device | value | unit | notes |")
+    print("| --- | --- | --- | --- | --- |", flush=True)
     for device in devices:
         label = device_label(device)
         iters = args.iters or (50 if device == "cuda" else 5)
         if not args.skip_epoch:
-            rows += epoch_rows(device, not args.no_xautodl, args.iters)
-        results = {kind: run_child(kind, device, iters) for kind in SUPERNETS}
-        rows.append(("data batch: DeviceImages.batch, augmented", label, f"{results['nb201']['batch'] * 1e3:.3g}",
-                     "ms/batch", f"random crop + flip + normalise of {BATCH} images of 32 px, on the device (median)"))
-        for kind, m in results.items():
-            rows += supernet_rows(kind, label, m)
-        rows += selection_rows(label, results["nb201"])
-        rows += children_rows(label, run_child("children", device, iters))
+            emit(label, "NB201 DARTS epoch beside xautodl", lambda: epoch_rows(device, not args.no_xautodl, args.iters))
+        emit(label, "DARTS iterations of every supernet", lambda: iteration_rows(device, label, iters))
+        emit(label, "P(a) and SE-NAS", lambda: children_rows(label, run_child("children", device, iters)))
         for space_name in ("nb201", "darts"):
-            rows += smd_rows(space_name, label, run_child(f"smd-{space_name}", device, iters))
+            emit(label, f"HEP-NAS SMD ({space_name})",
+                 lambda: smd_rows(space_name, label, run_child(f"smd-{space_name}", device, iters)))
     if not has_cuda:
-        rows.append(("every row above on CUDA", "cuda", "-", "-", "skipped: CUDA not available (pending a GPU)"))
-    rows += startup_rows(device_label("cpu"))
+        emit("cuda", "", lambda: [("every row above on CUDA", "cuda", "-", "-", "skipped: CUDA not available (pending a GPU)")])
+    emit(device_label("cpu"), "job start-up", lambda: startup_rows(device_label("cpu")))
     if args.skip_pipeline:
-        rows.append(("pipeline end to end / no-op / dry run", "-", "-", "-", "skipped (--skip-pipeline)"))
+        emit("-", "", lambda: [("pipeline end to end / no-op / dry run", "-", "-", "-", "skipped (--skip-pipeline)")])
     else:
         device = "cuda" if args.device != "cpu" and has_cuda else "cpu"
-        rows += pipeline_rows(args.device, args.data, device_label(device))
+        emit(device_label(device), "the pipeline", lambda: pipeline_rows(args.device, args.data, device_label(device)))
 
-    print("| measurement | device | value | unit | notes |")
-    print("| --- | --- | --- | --- | --- |")
+
+def iteration_rows(device: str, label: str, iters: int) -> list[tuple]:
+    results = {kind: run_child(kind, device, iters) for kind in SUPERNETS}
+    rows = [("data batch: DeviceImages.batch, augmented", label, f"{results['nb201']['batch'] * 1e3:.3g}",
+             "ms/batch", f"random crop + flip + normalise of {BATCH} images of 32 px, on the device (median)")]
+    for kind, m in results.items():
+        rows += supernet_rows(kind, label, m)
+    return rows + selection_rows(label, results["nb201"])
+
+
+def emit(label: str, what: str, measure) -> None:
+    """Print a group's rows as soon as they are measured; a group that fails is one row saying so
+    and the others still run (a GPU window is too short to lose the table to one failure)."""
+    try:
+        rows = measure()
+    except (Exception, SystemExit) as e:  # run_child and epoch_rows exit with a message
+        rows = [(what, label, "-", "-", f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}")]
     for row in rows:
-        print("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+        print("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |", flush=True)
 
 
 if __name__ == "__main__":
