@@ -13,9 +13,8 @@ import statistics
 import time
 
 import torch
-import yaml
 
-from iteration import ROOT, RandomSearchData, build_state, log
+from iteration import RandomSearchData, build_state, log, paper_params
 from pipeline_steps.scores import child_eval
 from pipeline_steps.spaces.nb201 import all_arch_strings
 from pipeline_steps.train import MODES, StepSettings, StepStats
@@ -63,10 +62,8 @@ def measure_children(device_name: str) -> dict:
 
 
 def paper_se_nas() -> dict:
-    """The paper profile's SE-NAS settings on NB201 (params/, not restated here)."""
-    base = yaml.safe_load((ROOT / "params" / "nasflow.yaml").read_text())
-    paper = yaml.safe_load((ROOT / "params" / "profiles" / "paper.yaml").read_text())
-    s = {**base["method"]["se_nas"], **paper.get("method", {}).get("se_nas", {})}
+    """The paper profile's SE-NAS stage length and batch on NB201."""
+    s = paper_params()["method"]["se_nas"]
     return {"stage_epochs": s["stage_epochs"]["nb201"], "batch": s["optimiser"]["batch_size"]}
 
 

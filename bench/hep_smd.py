@@ -5,9 +5,8 @@ import statistics
 import time
 
 import torch
-import yaml
 
-from iteration import BATCH, ROOT, SUPERNETS, RandomSearchData, build_state, log, max_rss_bytes
+from iteration import BATCH, SUPERNETS, RandomSearchData, build_state, log, max_rss_bytes, paper_params
 from pipeline_steps.train import MODES, StepSettings, StepStats
 
 
@@ -54,11 +53,9 @@ def measure_smd(space_name: str, device_name: str) -> dict:
 
 
 def paper_batch() -> int:
-    """HEP-NAS's batch in the paper profile (params/, not restated here)."""
-    base = yaml.safe_load((ROOT / "params" / "nasflow.yaml").read_text())
-    paper = yaml.safe_load((ROOT / "params" / "profiles" / "paper.yaml").read_text())
-    batch = {**base["method"]["hep_nas"], **paper.get("method", {}).get("hep_nas", {})}["batch_size"]
-    return (batch.get("nb201", BATCH) if isinstance(batch, dict) else batch) or BATCH
+    """HEP-NAS's NB201 batch in the paper profile."""
+    batch = paper_params()["method"]["hep_nas"]["batch_size"]
+    return (batch.get("nb201") if isinstance(batch, dict) else batch) or BATCH
 
 
 def state_bytes(states) -> int:

@@ -33,6 +33,13 @@ PT_VAL_IMAGES = 1_024
 CHILDREN = 8
 
 
+def paper_params() -> dict:
+    """The paper profile's resolved parameters (params/, merged as the pipeline merges them)."""
+    from pipeline_steps.config import load_params
+
+    return load_params(ROOT / "params", {"profile": "paper"})
+
+
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 

@@ -112,9 +112,12 @@ class CapturedStep:
                 entry["state"]["step"] = step
 
     # ----------------------------------------------------------------- the step
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {k: mixing_weights(self.state.alpha[k], self.masks[k], self.mixing) for k in self.kinds}
+
     def _alpha_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         alphas = [self.state.alpha[k] for k in self.kinds]
-        weights = {k: mixing_weights(a, self.masks[k], self.mixing) for k, a in zip(self.kinds, alphas)}
+        weights = self._weights()
         logits = self.network(x, weights, self.active)
         loss = F.cross_entropy(logits, y)
         grads = torch.autograd.grad(loss, alphas + [weights[k] for k in self.kinds], allow_unused=True)
@@ -131,7 +134,7 @@ class CapturedStep:
 
     def _weight_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.no_grad():
-            weights = {k: mixing_weights(self.state.alpha[k], self.masks[k], self.mixing) for k in self.kinds}
+            weights = self._weights()
         logits = self.network(x, weights, self.active)
         loss = F.cross_entropy(logits, y)
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
@@ -213,7 +216,7 @@ class CapturedStep:
             network = torch.compile(model, backend=COMPILE_BACKEND, dynamic=False)
             for alpha_step in (True, False):
                 with torch.set_grad_enabled(alpha_step):
-                    weights = {k: mixing_weights(self.state.alpha[k], self.masks[k], self.mixing) for k in self.kinds}
+                    weights = self._weights()
                 logits = network(x, weights, self.active)
                 wrt = [weights[k] for k in self.kinds] if alpha_step else self.params
                 torch.autograd.grad(F.cross_entropy(logits, logits.argmax(1)), wrt, allow_unused=True)

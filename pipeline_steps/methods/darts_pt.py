@@ -5,8 +5,9 @@
   2. select    Fine-tune with a fresh SGD (`tune_lr`; constant on NB201, cosine on the DARTS space)
                and, at the start of every `proj_intv`-th tuning epoch (and of the last one), decide:
                  op decision   an undecided edge, drawn at random; ACC\\o = validation accuracy with
-                               theta[e, o] := 0 for each candidate o (the whole D_val half, train-mode
-                               BN; `eval_images` of it, drawn once, for a quick look); keep the op whose removal hurts most, argmin ACC\\o. The edge is
+                               theta[e, o] := 0 for each candidate o (the whole D_val half, or
+                               `eval_images` of it drawn once for a quick look; train-mode BN); keep
+                               the op whose removal hurts most, argmin ACC\\o. The edge is
                                discretised: only that op stays alive in the mask, so its weight is 1.
                                (DARTS space: one normal and one reduction edge per decision.)
                  topology      (DARTS space, once every edge has its op) a random node with more than

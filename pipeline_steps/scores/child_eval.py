@@ -131,16 +131,26 @@ def _zero_preserving_nb201(model: nn.Module) -> bool:
         m.affine for c in cells for m in c.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
+def _merged_routes(model: nn.Module) -> list[tuple[int, ...]]:
+    """The edges of each merged group of an expanded NB201 supernet (none before expansion)."""
+    return [edges for edges, _ in getattr(search_cells(model)[0][1], "merged_partials", [])]
+
+
+def _route(key: ArchKey, routes: list[tuple[int, ...]]) -> tuple:
+    """Which private copies child `key` runs through: its ops on each merged group's edges."""
+    return tuple(tuple(key[0][e] for e in edges) for edges in routes)
+
+
 def _equivalence(model: nn.Module, archs: list[ArchKey], none: int | None, bn: str) -> dict[ArchKey, ArchKey]:
     """Each child's representative: children of the same representative compute the same logits.
     Merged groups route by the ops on their edges, void or not, so those stay part of the key."""
     if none is None or bn != "batch_stats" or not _zero_preserving_nb201(model):
         return {a: a for a in archs}
-    routes = [edges for edges, _ in getattr(search_cells(model)[0][1], "merged_partials", [])]
+    routes = _merged_routes(model)
     reps: dict[tuple, ArchKey] = {}
     out = {}
     for a in archs:
-        signature = (_void_edges_to_none(a[0], none), tuple(tuple(a[0][e] for e in edges) for edges in routes))
+        signature = (_void_edges_to_none(a[0], none), _route(a, routes))
         out[a] = reps.setdefault(signature, a)
     return out
 
@@ -206,10 +216,10 @@ def _correct_in_groups(model: nn.Module, unique: list[ArchKey], batches, per_pas
     """NB201 children `per_pass` at a time through one batched forward (`nb201_children`); those
     routed alike through an expanded supernet's merged groups go together. Returns the children in
     the order evaluated and their correct counts."""
-    routes = [edges for edges, _ in getattr(search_cells(model)[0][1], "merged_partials", [])]
+    routes = _merged_routes(model)
     by_route: dict[tuple, list[ArchKey]] = {}
     for key in unique:
-        by_route.setdefault(tuple(tuple(key[0][e] for e in edges) for edges in routes), []).append(key)
+        by_route.setdefault(_route(key, routes), []).append(key)
     chunks = [group[i:i + per_pass] for group in by_route.values() for i in range(0, len(group), per_pass)]
     order, correct = [], []
     for chunk in loop(chunks, f"{progress} ({per_pass} per pass)"):
