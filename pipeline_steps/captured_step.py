@@ -24,23 +24,36 @@ and the weight step before the first step; where compiling fails the network run
 from __future__ import annotations
 
 import sys
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
-from .scores.ostr import OStrStatistics
 from .supernet import SupernetState, mixing_weights
 
 CAPTURABLE_MODES = ("bilevel", "fixed_alpha")
 COMPILE_BACKEND = "inductor"
 
 
+@runtime_checkable
+class InPlaceStatistics(Protocol):
+    """The one kind of step hook a captured step runs (the OStr statistics are one): per cell type,
+    sums of gradient statistics it adds to in place, and the count of alpha batches they cover."""
+
+    batches: int
+
+    def sums_for(self, kind: str, like: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def add(self, kind: str, theta: torch.Tensor, alive: torch.Tensor, grad_alpha: torch.Tensor | None,
+            grad_theta: torch.Tensor | None) -> None: ...
+
+
 def supported(state: SupernetState, mode: str, hooks) -> str | None:
     """Why this step cannot be captured (None: it can)."""
     if mode not in CAPTURABLE_MODES:
         return f"mode {mode} has its own step"
-    if any(not isinstance(h, OStrStatistics) for h in hooks):
-        return "a hook other than the OStr statistics"
+    if any(not isinstance(h, InPlaceStatistics) for h in hooks):
+        return "a hook other than in-place statistics (OStr's)"
     w, a = state.w_optimizer, state.a_optimizer
     if type(w) is not torch.optim.SGD or any(g.get("dampening", 0) or g.get("maximize") for g in w.param_groups):
         return "a weight optimiser other than plain SGD"
@@ -54,7 +67,7 @@ class CapturedStep:
     optimisers change (every epoch does)."""
 
     def __init__(self, state: SupernetState, mode: str, mixing: str, grad_clip: float,
-                 ostr: OStrStatistics | None, use_graph: bool, warmup: int = 3, compile_network: bool = False):
+                 ostr: InPlaceStatistics | None, use_graph: bool, warmup: int = 3, compile_network: bool = False):
         self.state, self.mode, self.mixing, self.grad_clip = state, mode, mixing, grad_clip
         self.ostr = ostr
         self.device = state.device

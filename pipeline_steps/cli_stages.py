@@ -116,13 +116,14 @@ def run(args: argparse.Namespace) -> None:
         log_line(ranking_line(args.spec, json.loads(args.out.read_text())))
     elif args.command == "report":
         from .report import report
+        from .tracking import log_report
 
         if args.spec is None:
             from .config import load_params
             from .plan import Plan
 
             args.spec = Plan(load_params(args.params_dir)).report_spec()
-        report(args.spec, runtime, args.results_dir)
+        log_report(runtime, args.spec, args.results_dir, report(args.spec, runtime, args.results_dir))
         expected = [e["file"] for e in args.spec.get("expected", [])] or args.spec["results"]
         done = sum(Path(f).exists() for f in expected)
         log_line(f"report: wrote {args.results_dir / 'REPORT.md'} and REPORT.html from {done} of {len(expected)} "

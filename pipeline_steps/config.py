@@ -1,7 +1,6 @@
 """Parameters: load params/ (base file + profile), validate against the schema, hash stage specs."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -11,16 +10,10 @@ from typing import Any
 import yaml
 
 from .errors import NasflowError
+from .machine import LOCAL_FILE, deep_merge, machine_keys, machine_settings, reject_machine_keys
 
 PARAMS_FILE = "nasflow.yaml"
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
 
 
 def _read_yaml(path: Path) -> dict:
@@ -45,8 +38,6 @@ def _read_yaml(path: Path) -> dict:
 def load_params(params_dir: str | os.PathLike = "params", overrides: dict | None = None) -> dict:
     """params/nasflow.yaml, then params/profiles/<profile>.yaml over it, both over this machine's
     settings (machine.py), then `overrides`; validated."""
-    from .machine import machine_settings, reject_machine_keys
-
     params_dir = Path(params_dir)
     base_file = params_dir / PARAMS_FILE
     cfg = _read_yaml(base_file)
@@ -137,8 +128,6 @@ def _validate_schema(cfg: dict) -> None:
         msg = f"missing parameter in {where}: {err.message}"
     else:
         msg = f"invalid parameter {where} = {err.instance!r}: {err.message}"
-    from .machine import LOCAL_FILE, machine_keys
-
     if tuple(str(p) for p in err.absolute_path) in machine_keys(SCHEMA.parents[2] / "params"):
         raise NasflowError(f"{msg} (a machine setting: fix it in params/{LOCAL_FILE}, the NASFLOW_* environment "
                            "or --config)")

@@ -5,7 +5,7 @@ run on a GPU, committed to git under `ledger/{space}/{dataset}/{method}/seed{see
 A record is made from a run's `lookup/result.json` and its provenance (profile, commit, protocol
 generation, device, torch, data fingerprint). Runs of another profile, runs with a stage off CUDA,
 runs made before results recorded their provenance, and unfinished runs are refused. A record
-whose protocol generation is below its method's current one (protocol.PROTOCOL_VERSIONS) is stale.
+whose protocol generation is below its method's current one (methods.PROTOCOL_VERSIONS) is stale.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pandas as pd
 
 from .atomic import read_json, write_json
 from .errors import NasflowError
-from .report import search_cost_s
+from .report_tables import search_cost_s
 from .reproduction import NB201_METRICS
 
 LEDGER_DIR = "ledger"
@@ -134,7 +134,7 @@ def check_record(record, path: str | Path) -> None:
 def load_ledger(root: str | Path = LEDGER_DIR) -> pd.DataFrame:
     """Every record under `root` (the ledger directory), checked, one row each, with the protocol
     generation now current for its method and whether the record is stale (older than that)."""
-    from .protocol import PROTOCOL_VERSIONS
+    from .methods import PROTOCOL_VERSIONS
 
     root = Path(root)
     rows = []

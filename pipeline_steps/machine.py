@@ -5,6 +5,7 @@ NASFLOW_* environment variables. Parameters passed explicitly (`--config`) win o
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -45,6 +46,14 @@ def _read(path: Path) -> dict:
     return data
 
 
+def deep_merge(base: dict, override: dict) -> dict:
+    """`override` over `base`, section by section (the params files and machine settings layer this way)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
 def machine_keys(params_dir: str | os.PathLike = "params") -> set[tuple[str, ...]]:
     """The key paths machine.yaml defines (a section's own keys, not the section)."""
     return set(_leaves(_read(Path(params_dir) / MACHINE_FILE)))
@@ -52,8 +61,6 @@ def machine_keys(params_dir: str | os.PathLike = "params") -> set[tuple[str, ...
 
 def machine_settings(params_dir: str | os.PathLike = "params", environ: dict | None = None) -> dict:
     """machine.yaml, then local.yaml over it, then the environment."""
-    from .config import deep_merge
-
     params_dir = Path(params_dir)
     settings = _read(params_dir / MACHINE_FILE)
     local = params_dir / LOCAL_FILE

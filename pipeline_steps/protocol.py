@@ -14,12 +14,6 @@ from .spaces import get_space
 
 ALL_METHODS = ("darts", "darts_pt", "darts_pt_fix_alpha", "darts_pt_mag", "ostr", "ostr_star", "ostr_naive",
                "hpe_darts", "hpe_darts_naswot", "se_nas", "spos", "hep_nas")
-# Each method's protocol generation: raised whenever a change moves that method's numbers (batches,
-# schedules, scoring data, ...). A result records the generation it was made with, and the ledger
-# shows results of an older generation apart, as stale. Generation 2: one pass over D_tr per epoch,
-# HPE's single cosine and random accuracy subset, DARTS-PT's one-pass topology, NASWOT's backward
-# rule, HEP's batch 128 / op set / sibling batches, SPOS's live weights.
-PROTOCOL_VERSIONS = {method: 2 for method in ALL_METHODS}
 
 MODE_ALPHA = {"bilevel": "Adam", "bilevel_onehot_reg": "Adam + one-hot regulariser", "fixed_alpha": "frozen",
               "spos": "none (single paths)", "smd": "Adam"}

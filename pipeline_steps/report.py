@@ -17,7 +17,6 @@ from .report_ranking import ranking_entries, ranking_markdown, ranking_series
 from .report_tables import (LABELS, darts_markdown, nb201_markdown, retrain_nb201_markdown,
                             runs_table, search_cost_s, summary_table)
 from .reproduction import method_name, reproduction_markdown, reproduction_table
-from .tracking import log_report
 
 __all__ = ["report", "runs_table", "search_cost_s", "summary_table"]
 
@@ -74,10 +73,11 @@ def figures(space: str, space_runs: pd.DataFrame, results_dir: Path, paper: dict
 
 
 def report(spec: dict, runtime: dict, results_dir: Path, paper: dict | None = None,
-           ledger_dir: str | Path | None = None) -> None:
+           ledger_dir: str | Path | None = None) -> list[Path]:
     """REPORT.md/.html over the finished runs in results/, and the NAS-Bench-201 reproductions
     recorded in the ledger (`ledger_dir`, else spec's `ledger`, else ledger/ where it runs).
-    REPORT.html carries its figures inside it, so it renders from any artifact store."""
+    REPORT.html carries its figures inside it, so it renders from any artifact store. Returns the
+    report's files (REPORT.md, REPORT.html, the figures): what the report's tracking run keeps."""
     from .ledger import load_ledger
     from .report_ledger import ledger_markdown
     from .reproduction import load_paper_results
@@ -132,7 +132,7 @@ def report(spec: dict, runtime: dict, results_dir: Path, paper: dict | None = No
     markdown_text = "\n".join(sections)
     write_text(results_dir / "REPORT.md", markdown_text)
     write_text(results_dir / "REPORT.html", to_html(markdown_text, "nasflow report", results_dir))
-    log_report(runtime, spec, results_dir, [results_dir / "REPORT.md", results_dir / "REPORT.html", *written])
     runs_expected = [e for e in expected if "method" in e]
     write_plot_data(results_dir, runs_expected)
     write_metrics(Path(spec.get("metrics", results_dir / "metrics.json")), spec["profile"], runs_expected)
+    return [results_dir / "REPORT.md", results_dir / "REPORT.html", *written]

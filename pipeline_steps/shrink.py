@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .scores.senas import Operator, OperatorScores
-from .spos import search_cells
+from .spaces import search_cells
 
 # --------------------------------------------------------------------------- shrink
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from . import train
 from .spaces import darts as darts_space
-from .spaces import nb201
+from .spaces import nb201, search_cells
 from .supernet import SupernetState
 
 ArchOps = dict[str, tuple[int, ...]]  # per cell type, the one op index chosen on each edge
@@ -43,18 +43,7 @@ class SposSettings(train.StepSettings):
     resample_all_none: bool = True       # redraw a node whose inputs all drew `none`
 
 
-# --------------------------------------------------------------------------- the cells of a supernet
-
-
-def search_cells(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(cell type, cell) for every search cell, in forward order."""
-    cells = []
-    for m in model.modules():
-        if isinstance(m, nb201.SearchCell):
-            cells.append(("cell", m))
-        elif isinstance(m, darts_space.SearchCell):
-            cells.append(("reduce" if m.reduction else "normal", m))
-    return cells
+# --------------------------------------------------------------------------- edges and nodes
 
 
 def edge_nodes(space_name: str) -> tuple[int, ...]:

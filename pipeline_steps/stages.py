@@ -12,7 +12,7 @@ from .data import device_images
 from .datasets import dataset_info
 from .device import resolve_device
 from .errors import NasflowError
-from .methods import get_method
+from .methods import PROTOCOL_VERSIONS, get_method
 from .progress import log_line
 from .retrain import NB201Network, RetrainSettings, cifar_network
 from .retrain import retrain as retrain_network
@@ -98,8 +98,6 @@ def _label(spec: dict) -> str:
 def provenance(method: str, runtime: dict, stage_metrics: list[Path]) -> dict:
     """Where a result came from: profile, commit, protocol generation, and per training stage the
     device, torch and data it ran on (a ledger record is made of these)."""
-    from .protocol import PROTOCOL_VERSIONS
-
     stages = [read_json(p) for p in stage_metrics]
     return {"profile": runtime["profile"], "git_commit": runtime["git_commit"],
             "protocol_version": PROTOCOL_VERSIONS[method],

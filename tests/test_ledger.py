@@ -12,7 +12,7 @@ from pipeline_steps.benchmark import load_benchmark
 from pipeline_steps.cli import main
 from pipeline_steps.errors import NasflowError
 from pipeline_steps.ledger import add_runs, format_ledger, load_ledger, make_record, record_path, write_record
-from pipeline_steps.protocol import PROTOCOL_VERSIONS
+from pipeline_steps.methods import PROTOCOL_VERSIONS
 from pipeline_steps.report import report
 from pipeline_steps.reproduction import NB201_METRICS, load_paper_results
 

@@ -25,6 +25,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     HPEDarts("hpe_darts"), HPEDarts("hpe_darts_naswot", proxy="naswot"),
     SENas("se_nas"), SENas("spos", shrinking=False),
 )}
+# Each method's protocol generation: raised whenever a change moves that method's numbers (batches,
+# schedules, scoring data, ...). A result records the generation it was made with, and the ledger
+# shows results of an older generation apart, as stale. Generation 2: one pass over D_tr per epoch,
+# HPE's single cosine and random accuracy subset, DARTS-PT's one-pass topology, NASWOT's backward
+# rule, HEP's batch 128 / op set / sibling batches, SPOS's live weights.
+PROTOCOL_VERSIONS = {name: 2 for name in METHODS}
 
 
 def get_method(name: str) -> Method:

@@ -40,9 +40,9 @@ import sys
 
 import torch
 
-from ..scores.child_eval import (ArchKey, alive_ops, benchmark_accuracies, current_space, evaluate_children,
-                                 nb201_arch, rank_correlation, scoring_batches, space_size, split_key)
-from ..scores.senas import operator_scores, sample_archs_per_operator
+from ..scores.child_eval import (ArchKey, benchmark_accuracies, evaluate_children, nb201_arch, rank_correlation,
+                                 scoring_batches, space_size)
+from ..scores.senas import candidate_archs, operator_scores, sample_archs_per_operator
 from ..shrink import MergedGroup, expand, merged_child_spaces, refresh_optimizer, shrink
 from ..spaces import Space
 from ..spos import SNAPSHOTS_KEY, KeptSnapshots, WeightAverage, averaged_copy, kept_average
@@ -53,7 +53,6 @@ from .base import Method, magnitude_derive, record_mask
 SHRINK_PREFIX = "shrink"
 EXPANSION_KEY = "se_nas_expansion"    # state.extra: the merged groups the supernet is expanded with
 PROGRESS_KEY = "se_nas_stage"         # state.extra: how far the current stage got (for resuming)
-ENUMERATE_UP_TO = 200_000             # spaces this small are listed to draw distinct children from
 SEARCH_WEIGHTS = ("averaged", "live")  # the weights the final search measures P(a) with: Wbar or the trained model
 
 
@@ -227,24 +226,6 @@ def search_model(state: SupernetState, weights: str) -> torch.nn.Module:
     if weights == "live":
         return state.model
     raise ValueError(f"unknown search weights {weights!r}; valid: {', '.join(SEARCH_WEIGHTS)}")
-
-
-def candidate_archs(mask: dict[str, torch.Tensor], cell_types, limit, generator: torch.Generator) -> list[ArchKey]:
-    """Every child of the current space (`limit` exhaustive or >= its size), else `limit`
-    distinct children drawn uniformly."""
-    size = space_size(mask, cell_types)
-    if limit == "exhaustive" or size <= limit:
-        return list(current_space(mask, cell_types))
-    if size <= ENUMERATE_UP_TO:
-        every = list(current_space(mask, cell_types))
-        return [every[i] for i in sorted(torch.randperm(size, generator=generator)[:limit].tolist())]
-    per_cell = alive_ops(mask, cell_types)
-    edges, sizes = [ops for cell in per_cell for ops in cell], [len(cell) for cell in per_cell]
-    drawn: dict[ArchKey, None] = {}
-    while len(drawn) < limit:    # uniform over the product space = each edge uniform over its ops
-        flat = [ops[int(torch.randint(len(ops), (1,), generator=generator))] for ops in edges]
-        drawn.setdefault(split_key(flat, sizes), None)
-    return list(drawn)
 
 
 def measure(run, model: torch.nn.Module, archs: list[ArchKey], s: dict) -> dict[ArchKey, float]:

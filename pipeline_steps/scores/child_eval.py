@@ -23,10 +23,9 @@ from torch import nn
 
 from ..benchmark import RANK_METRIC
 from ..progress import loop
-from ..spaces import nb201
+from ..spaces import nb201, search_cells
 from ..spaces.nb201 import EDGES, NUM_NODES, ops_to_str, str_to_ops
 from ..spaces.nb201_children import forward_children
-from ..spos import search_cells
 
 ArchKey = tuple[tuple[int, ...], ...]  # per cell type (in the space's cell_types order), the op index on each edge
 BN_MODES = ("batch_stats", "eval")     # se.eval_bn

@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
-from .child_eval import ArchKey, alive_ops, split_key
+from .child_eval import ArchKey, alive_ops, current_space, space_size, split_key
 
 Operator = tuple[str, int, int]  # (cell type, edge, op index)
+ENUMERATE_UP_TO = 200_000         # spaces this small are listed to draw distinct children from
 
 
 def removable(mask: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -149,3 +150,21 @@ def sample_archs_per_operator(mask: Mapping[str, torch.Tensor], cell_types: Sequ
             sizes = [len(cell) for cell in alive]
             samples[(kind, e, o)] = [split_key(row, sizes) for row in rows]
     return samples
+
+
+def candidate_archs(mask: dict[str, torch.Tensor], cell_types, limit, generator: torch.Generator) -> list[ArchKey]:
+    """Every child of the current space (`limit` exhaustive or >= its size), else `limit`
+    distinct children drawn uniformly."""
+    size = space_size(mask, cell_types)
+    if limit == "exhaustive" or size <= limit:
+        return list(current_space(mask, cell_types))
+    if size <= ENUMERATE_UP_TO:
+        every = list(current_space(mask, cell_types))
+        return [every[i] for i in sorted(torch.randperm(size, generator=generator)[:limit].tolist())]
+    per_cell = alive_ops(mask, cell_types)
+    edges, sizes = [ops for cell in per_cell for ops in cell], [len(cell) for cell in per_cell]
+    drawn: dict[ArchKey, None] = {}
+    while len(drawn) < limit:    # uniform over the product space = each edge uniform over its ops
+        flat = [ops[int(torch.randint(len(ops), (1,), generator=generator))] for ops in edges]
+        drawn.setdefault(split_key(flat, sizes), None)
+    return list(drawn)

@@ -5,34 +5,13 @@ A supernet's `forward(x, weights, active)` takes, per cell type (NB201: "cell"; 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
-import torch
 from torch import nn
 
 from ..errors import NasflowError
-from . import nb201
-
-
-@dataclass(frozen=True)
-class Space:
-    name: str
-    ops: tuple[str, ...]
-    cell_types: tuple[str, ...]
-    num_edges: int
-    build: Callable[..., nn.Module]          # build(num_classes)
-    derive: Callable[..., Any]               # derive(weights, mask, allow_none) -> arch
-    available: Callable[[], dict] | None = None  # ops present per edge (spaces with per-edge op lists)
-
-    def op_index(self, name: str) -> int:
-        return self.ops.index(name)
-
-    def initial_mask(self) -> dict[str, torch.Tensor]:
-        """The mask a search starts from: every op the space offers on each edge is alive."""
-        if self.available is not None:
-            return {k: m.clone().bool() for k, m in self.available().items()}
-        return {k: torch.ones(self.num_edges, len(self.ops), dtype=torch.bool) for k in self.cell_types}
+from . import darts, nb201
+from .space import Space
 
 
 def _nb201(settings: dict) -> Space:
@@ -51,16 +30,21 @@ def _nb201(settings: dict) -> Space:
     return Space("nb201", ops, ("cell",), len(nb201.EDGES), build, derive)
 
 
-def _darts(settings: dict) -> Space:
-    from . import darts
-
-    return darts.make_space(settings)
-
-
-SPACES: dict[str, Callable[[dict], Space]] = {"nb201": _nb201, "darts": _darts}
+SPACES: dict[str, Callable[[dict], Space]] = {"nb201": _nb201, "darts": darts.make_space}
 
 
 def get_space(name: str, settings: dict) -> Space:
     if name not in SPACES:
         raise NasflowError(f"unknown search space {name!r}; valid spaces: {', '.join(SPACES)}")
     return SPACES[name](settings)
+
+
+def search_cells(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(cell type, cell) for every search cell of a supernet, in forward order."""
+    cells = []
+    for m in model.modules():
+        if isinstance(m, nb201.SearchCell):
+            cells.append(("cell", m))
+        elif isinstance(m, darts.SearchCell):
+            cells.append(("reduce" if m.reduction else "normal", m))
+    return cells

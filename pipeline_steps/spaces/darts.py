@@ -7,7 +7,7 @@ masked and the softmax runs over that edge's own candidates only, as in the refe
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -16,9 +16,7 @@ from ..errors import NasflowError
 from .darts_ops import ALL_OPS, FactorizedReduce, ReLUConvBN, make_op
 from .genotype import CELLS, DARTS_V2, STEPS, Genotype  # noqa: F401  (DARTS_V2 re-exported)
 from .ops import in_network_format, is_zero_op
-
-if TYPE_CHECKING:
-    from . import Space
+from .space import Space
 
 NUM_EDGES = sum(2 + i for i in range(STEPS))                      # 14
 # edge e feeds node EDGE_NODE[e] (2..5) from input EDGE_INPUT[e]; node 2 <- edges 0-1, 3 <- 2-4, ...
@@ -206,10 +204,8 @@ def derive(weights: dict[str, torch.Tensor], mask: dict[str, torch.Tensor], op_n
 # --------------------------------------------------------------------------- space
 
 
-def make_space(settings: dict) -> "Space":
+def make_space(settings: dict) -> Space:
     """settings: op_set (name, default "darts"), channels (16), layers (8), stem_multiplier (3)."""
-    from . import Space  # here, not at the top: the space registry may import this module
-
     op_set = settings.get("op_set", "darts")
     ops = space_ops(op_set)
     channels, layers = settings.get("channels", 16), settings.get("layers", 8)
