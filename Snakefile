@@ -5,11 +5,11 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
-from pipeline_steps.config import coerce_scalars
-from pipeline_steps.plan import runtime_json, spec_arg
-from pipeline_steps.preflight import preflight_or_exit
-from pipeline_steps.leftovers import remove_finished_resume_files, remove_interrupted_writes
-from pipeline_steps.snakemake_locks import clear_stale_locks, other_snakemake_running
+from pipeline_steps.pipeline.config import coerce_scalars
+from pipeline_steps.pipeline.plan import runtime_json, spec_arg
+from pipeline_steps.pipeline.preflight import preflight_or_exit
+from pipeline_steps.pipeline.leftovers import remove_finished_resume_files, remove_interrupted_writes
+from pipeline_steps.pipeline.snakemake_locks import clear_stale_locks, other_snakemake_running
 
 # params/ is read by nasflow's own loader (not `configfile:`), so that a bad file is named with its
 # line, and so that this machine's settings (params/machine.yaml, params/local.yaml, NASFLOW_*)
@@ -33,8 +33,8 @@ for damaged in PLAN.set_aside_damaged_outputs():
 # so that changing them (tracking URI, data location, device) re-runs nothing.
 os.environ["NASFLOW_RUNTIME"] = runtime_json(PLAN)
 
-# One MLflow parent run per invocation holds its stages' runs; made only when jobs run (invocation.py).
-from pipeline_steps.invocation import end_invocation, start_invocation
+# One MLflow parent run per invocation holds its stages' runs; made only when jobs run (pipeline/invocation.py).
+from pipeline_steps.pipeline.invocation import end_invocation, start_invocation
 
 onstart:
     start_invocation(PLAN, main_invocation)

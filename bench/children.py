@@ -17,7 +17,7 @@ import torch
 from iteration import RandomSearchData, build_state, log, paper_params
 from pipeline_steps.scores import child_eval
 from pipeline_steps.spaces.nb201 import all_arch_strings
-from pipeline_steps.train import MODES, StepSettings, StepStats
+from pipeline_steps.supernet.train import MODES, StepSettings, StepStats
 
 IMAGES = 512
 SAMPLE = {"cpu": 6, "cuda": 512}  # children timed one at a time (and batched on CPU, for the ratio)

@@ -7,7 +7,7 @@ import time
 import torch
 
 from iteration import BATCH, SUPERNETS, RandomSearchData, build_state, log, max_rss_bytes, paper_params
-from pipeline_steps.train import MODES, StepSettings, StepStats
+from pipeline_steps.supernet.train import MODES, StepSettings, StepStats
 
 
 def measure_smd(space_name: str, device_name: str) -> dict:
@@ -15,8 +15,8 @@ def measure_smd(space_name: str, device_name: str) -> dict:
     hierarchy (NB201 node 3: 3 edges, 8 children; DARTS node 5: 5 edges, 32 children), each a full
     state with its optimisers; memory held by the children, and one SMD step (CE + KL to the
     teacher + mean KL to every sibling: 1 + 2^|h_k| forwards). DARTS steps only on a GPU."""
-    from pipeline_steps.distill import SMDSettings
-    from pipeline_steps.partition import EdgeSplit, spawn_child, spawn_children
+    from pipeline_steps.transforms.distill import SMDSettings
+    from pipeline_steps.transforms.partition import EdgeSplit, spawn_child, spawn_children
 
     device = torch.device(device_name)
     cuda = device.type == "cuda"

@@ -15,13 +15,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline_steps.data import DeviceImages  # noqa: E402  (needs ROOT on sys.path)
-from pipeline_steps.datasets import dataset_info  # noqa: E402
-from pipeline_steps.device import use_memory_format  # noqa: E402
+from pipeline_steps.common.device import use_memory_format  # noqa: E402  (needs ROOT on sys.path)
+from pipeline_steps.data.catalog import dataset_info  # noqa: E402
+from pipeline_steps.data.search_data import DeviceImages  # noqa: E402
 from pipeline_steps.scores.ostr import OStrStatistics  # noqa: E402
 from pipeline_steps.scores.perturbation import op_removal_table  # noqa: E402
-from pipeline_steps.supernet import Optimisation, init_state  # noqa: E402
-from pipeline_steps.train import MODES, StepSettings, StepStats, alpha_step  # noqa: E402
+from pipeline_steps.supernet.state import Optimisation, init_state  # noqa: E402
+from pipeline_steps.supernet.train import MODES, StepSettings, StepStats, alpha_step  # noqa: E402
 
 SUPERNETS = {  # the papers' CIFAR search scale: batch 64, 32 px, 10 classes
     "nb201": "NB201 supernet C=16 N=5",
@@ -35,7 +35,7 @@ CHILDREN = 8
 
 def paper_params() -> dict:
     """The paper profile's resolved parameters (params/, merged as the pipeline merges them)."""
-    from pipeline_steps.config import load_params
+    from pipeline_steps.pipeline.config import load_params
 
     return load_params(ROOT / "params", {"profile": "paper"})
 

@@ -22,10 +22,10 @@ RUNS = 3
 STEPS = {
     "interpreter": "pass",
     "+ torch": "import torch",
-    "+ the stage modules": "import torch, pipeline_steps.stages, pipeline_steps.methods",
+    "+ the stage modules": "import torch, pipeline_steps.pipeline.stages, pipeline_steps.methods",
     "+ an MLflow run (SQLite)": (
-        "import torch, pipeline_steps.stages, pipeline_steps.methods\n"
-        "from pipeline_steps.tracking import Tracker\n"
+        "import torch, pipeline_steps.pipeline.stages, pipeline_steps.methods\n"
+        "from pipeline_steps.pipeline.tracking import Tracker\n"
         "t = Tracker({'enabled': True, 'uri': URI, 'experiment': 'bench'}, 'bench', {'stage': 'bench'})\n"
         "t.finish()"),
 }

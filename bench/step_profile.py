@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from step_speed import nb201_state, random_search_data, sync  # noqa: E402
 
-from pipeline_steps.captured_step import CapturedStep  # noqa: E402
-from pipeline_steps.device import device_name  # noqa: E402
+from pipeline_steps.common.device import device_name  # noqa: E402
 from pipeline_steps.scores.ostr import OStrStatistics  # noqa: E402
-from pipeline_steps.train import MODES, StepSettings, StepStats  # noqa: E402
+from pipeline_steps.supernet.captured_step import CapturedStep  # noqa: E402
+from pipeline_steps.supernet.train import MODES, StepSettings, StepStats  # noqa: E402
 
 
 @contextlib.contextmanager

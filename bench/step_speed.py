@@ -27,13 +27,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline_steps.data import DeviceImages, SearchData  # noqa: E402
-from pipeline_steps.datasets import dataset_info  # noqa: E402
-from pipeline_steps.device import device_name, use_memory_format  # noqa: E402
+from pipeline_steps.common.device import device_name, use_memory_format  # noqa: E402
+from pipeline_steps.data.catalog import dataset_info  # noqa: E402
+from pipeline_steps.data.search_data import DeviceImages, SearchData  # noqa: E402
 from pipeline_steps.scores.ostr import OStrStatistics  # noqa: E402
 from pipeline_steps.spaces import get_space  # noqa: E402
-from pipeline_steps.supernet import Optimisation, init_state  # noqa: E402
-from pipeline_steps.train import StepSettings, train_epoch  # noqa: E402
+from pipeline_steps.supernet.state import Optimisation, init_state  # noqa: E402
+from pipeline_steps.supernet.train import StepSettings, train_epoch  # noqa: E402
 
 OPS = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
 TRAIN_IMAGES = 25_000  # D_tr of the NB201 search split
@@ -116,7 +116,7 @@ def time_xautodl(device: torch.device, batch: int, steps: int) -> float | None:
         pass
 
     holder = Holder()
-    holder.generator, holder.train_pass = gen, __import__("pipeline_steps.data", fromlist=["TrainPass"]).TrainPass()
+    holder.generator, holder.train_pass = gen, __import__("pipeline_steps.data.search_data", fromlist=["TrainPass"]).TrainPass()
 
     def step():
         xb, yb = data.train_batch(holder)
@@ -148,7 +148,7 @@ def worker(args) -> None:
     device = torch.device(args.device)
     data = random_search_data(device, args.batch, 10**9)
     state = nb201_state(device, seed=args.worker_id)
-    from pipeline_steps.captured_step import CapturedStep
+    from pipeline_steps.supernet.captured_step import CapturedStep
 
     state.model.train()
     step = CapturedStep(state, "bilevel", "softmax", 5.0, OStrStatistics(), use_graph=True)

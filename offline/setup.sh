@@ -13,6 +13,6 @@ if ! command -v python >/dev/null; then  # the rules call `python`
     mkdir -p "$site/bin" && ln -sf "$(command -v python3)" "$site/bin/python" && export PATH="$site/bin:$PATH"
 fi
 if [ -d "$cifar" ]; then data=$cifar; else mkdir -p "$data" && tar -xzf "$cifar" -C "$data" || return 1; fi
-python -c "from pipeline_steps.datasets import load_split; [load_split('cifar10', s, source='folder', root='$data') for s in ('train', 'test')]" \
+python -c "from pipeline_steps.data.datasets import load_split; [load_split('cifar10', s, source='folder', root='$data') for s in ('train', 'test')]" \
     || return 1
 export NASFLOW_DATA=$data

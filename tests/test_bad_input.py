@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_steps.preflight import preflight_or_exit
+from pipeline_steps.pipeline.preflight import preflight_or_exit
 from tests.project import copy_project, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,11 +13,11 @@ import copy
 import pytest
 import torch
 
-from pipeline_steps.data import DataSettings, SearchData
+from pipeline_steps.data.search_data import DataSettings, SearchData
 from pipeline_steps.scores.ostr import OStrStatistics
 from pipeline_steps.spaces import get_space
-from pipeline_steps.supernet import Optimisation, init_state
-from pipeline_steps.train import StepSettings, train_epoch
+from pipeline_steps.supernet.state import Optimisation, init_state
+from pipeline_steps.supernet.train import StepSettings, train_epoch
 
 NB201 = {"op_order": ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"], "bn_affine": False,
          "pool_bn": False, "channels": 4, "cells_per_stage": 1}
@@ -177,7 +177,7 @@ def test_option_off_is_the_plain_path_bit_for_bit(data, one_thread):
 
 
 def test_unsupported_mode_falls_back_to_its_own_step(data, one_thread):
-    from pipeline_steps.captured_step import supported
+    from pipeline_steps.supernet.captured_step import supported
 
     state = _state()
     assert supported(state, "spos", []) is not None
@@ -187,7 +187,7 @@ def test_unsupported_mode_falls_back_to_its_own_step(data, one_thread):
 
 def test_channels_last_network_gives_the_same_step(data, one_thread):
     """NHWC weights (the default) compute the same epoch as NCHW, to float64 rounding."""
-    from pipeline_steps.device import use_memory_format
+    from pipeline_steps.common.device import use_memory_format
 
     nchw, nhwc = _state(), _state()
     assert use_memory_format(nhwc.model, torch.device("cpu"), "on") == "channels_last"
@@ -225,7 +225,7 @@ def test_darts_space_supernet_in_nhwc_computes_the_same_logits_and_gradients():
 @pytest.fixture
 def compile_backend(monkeypatch):
     """The compiled step's backend for a test; dynamo's caches are cleared afterwards."""
-    from pipeline_steps import captured_step
+    from pipeline_steps.supernet import captured_step
 
     yield lambda backend: monkeypatch.setattr(captured_step, "COMPILE_BACKEND", backend)
     torch._dynamo.reset()

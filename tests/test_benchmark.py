@@ -6,9 +6,9 @@ import sys
 import pandas as pd
 import pytest
 
-from pipeline_steps import benchmark as bm
-from pipeline_steps.benchmark import METRICS, Benchmark, format_row, load_benchmark, table_from_api
-from pipeline_steps.errors import NasflowError
+from pipeline_steps.common.errors import NasflowError
+from pipeline_steps.evaluation import benchmark as bm
+from pipeline_steps.evaluation.benchmark import METRICS, Benchmark, format_row, load_benchmark, table_from_api
 from pipeline_steps.spaces.nb201 import all_arch_strings, ops_to_str, str_to_ops
 
 ALL_SKIP = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"

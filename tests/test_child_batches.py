@@ -9,12 +9,13 @@ import random
 import pytest
 import torch
 
-from pipeline_steps import shrink, spos, train
 from pipeline_steps.scores import child_eval
 from pipeline_steps.spaces import get_space
 from pipeline_steps.spaces.nb201 import OPS, all_arch_strings
 from pipeline_steps.spaces.nb201_children import forward_children, grouped_batch_norm
-from pipeline_steps.supernet import Optimisation, init_state
+from pipeline_steps.supernet import train
+from pipeline_steps.supernet.state import Optimisation, init_state
+from pipeline_steps.transforms import shrink, spos
 from test_senas_parts import fake_data, mask_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")

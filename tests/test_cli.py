@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_steps import cli
-from pipeline_steps.cli_stages import RULE_COMMANDS
+from pipeline_steps.pipeline import cli
+from pipeline_steps.pipeline.cli_stages import RULE_COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_COMMANDS = ("lookup", "check-params", "protocol", "report", "ledger", "paper-run")
@@ -90,7 +90,7 @@ def test_bad_index_is_one_line_naming_it_and_the_range(index):
 
 
 def test_run_passes_this_machines_cores_and_gpus_to_snakemake(monkeypatch):
-    from pipeline_steps import launch
+    from pipeline_steps.pipeline import launch
 
     monkeypatch.setenv("NASFLOW_CORES", "3")
     monkeypatch.setenv("NASFLOW_GPUS", "2")

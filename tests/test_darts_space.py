@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline_steps.errors import NasflowError
+from pipeline_steps.common.errors import NasflowError
 from pipeline_steps.spaces.cell_plot import plot_genotype
-from pipeline_steps.spaces.darts import (EDGE_INPUT, EDGE_NODE, NUM_EDGES, OP_SETS, edge_ops, initial_mask,
-                                         make_space, space_ops)
+from pipeline_steps.spaces.darts import (EDGE_INPUT, EDGE_NODE, NUM_EDGES, OP_SETS, edge_ops, initial_mask, make_space,
+                                         space_ops)
 from pipeline_steps.spaces.darts_ops import NoiseOp
 from pipeline_steps.spaces.genotype import DARTS_V2, Genotype, genotype_from_json, parse_genotype
 from pipeline_steps.spaces.ops import Zero
-from pipeline_steps.supernet import mixing_weights
+from pipeline_steps.supernet.state import mixing_weights
 
 # genotypes.py of the DARTS code, printed as the namedtuple repr
 DARTS_V2_TEXT = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "

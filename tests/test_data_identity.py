@@ -7,9 +7,9 @@ import shutil
 import pytest
 import yaml
 
-from pipeline_steps import data_identity
-from pipeline_steps.data_identity import TORCHVISION_FILES, check_data_identity, data_id
-from pipeline_steps.errors import NasflowError
+from pipeline_steps.common.errors import NasflowError
+from pipeline_steps.data import identity as data_identity
+from pipeline_steps.data.identity import TORCHVISION_FILES, check_data_identity, data_id
 from tests.project import copy_project, jobs_to_run, snakemake, tiny_params
 
 

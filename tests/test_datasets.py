@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline_steps import datasets
-from pipeline_steps.datasets import DATASETS, dataset_info, load_split
-from pipeline_steps.errors import NasflowError
+from pipeline_steps.common.errors import NasflowError
+from pipeline_steps.data import datasets
+from pipeline_steps.data.catalog import DATASETS, dataset_info
+from pipeline_steps.data.datasets import load_split
 
 CLASSES = [f"class_{c}" for c in "jihgfedcba"]  # created out of order; labels follow sorted names
 CIFAR10_TGZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"

@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from pipeline_steps.config import load_params
-from pipeline_steps.errors import NasflowError
-from pipeline_steps.tracking import SERVER_CHECK_TIMEOUT_S, Tracker
+from pipeline_steps.common.errors import NasflowError
+from pipeline_steps.pipeline.config import load_params
+from pipeline_steps.pipeline.tracking import SERVER_CHECK_TIMEOUT_S, Tracker
 
 
 def closed_port() -> int:
@@ -64,8 +64,8 @@ def test_a_damaged_resume_checkpoint_is_set_aside_and_the_stage_restarts(tiny_fo
 def test_damaged_final_outputs_are_set_aside_for_rebuilding(tiny_folder, tmp_path):
     from test_resume import tiny_plan
 
-    from pipeline_steps.plan import Plan
-    from pipeline_steps.checkpoints import load_checkpoint
+    from pipeline_steps.pipeline.plan import Plan
+    from pipeline_steps.common.checkpoints import load_checkpoint
 
     plan = tiny_plan(tiny_folder)
     plan = Plan({**plan.cfg, "methods": ["darts"]}, tmp_path)
@@ -92,7 +92,7 @@ time.sleep(3600)
 """
 JOB = """
 import time
-from pipeline_steps.job_guard import stop_on_sigterm, watch_snakemake, StageStopped
+from pipeline_steps.pipeline.job_guard import stop_on_sigterm, watch_snakemake, StageStopped
 stop_on_sigterm()
 assert watch_snakemake(poll_s=0.2) is not None
 try:
@@ -135,7 +135,7 @@ def test_a_job_whose_snakemake_died_stops_itself(tmp_path):
 def test_a_stopped_or_failed_stage_ends_its_tracking_run(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from pipeline_steps.tracking import Tracker, end_open_runs
+    from pipeline_steps.pipeline.tracking import Tracker, end_open_runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     killed = Tracker({"enabled": True, "uri": uri, "experiment": "x"}, "stopped", {})

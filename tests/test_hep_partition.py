@@ -7,9 +7,9 @@ import itertools
 import pytest
 import torch
 
-from pipeline_steps.errors import NasflowError
-from pipeline_steps.partition import hierarchies, min_cut_split, split_plan
+from pipeline_steps.common.errors import NasflowError
 from pipeline_steps.spaces import get_space
+from pipeline_steps.transforms.partition import hierarchies, min_cut_split, split_plan
 
 NB201 = {"channels": 4, "cells_per_stage": 1}
 DARTS = {"op_set": "darts_no_none", "channels": 4, "layers": 3}

@@ -12,15 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline_steps import distill
-from pipeline_steps.data import DataSettings, SearchData
-from pipeline_steps.distill import SMDSettings, onehot_regulariser, smd_epoch, smd_loss
-from pipeline_steps.partition import EdgeSplit, children_masks, spawn_child, spawn_children
+from pipeline_steps.data.search_data import DataSettings, SearchData
 from pipeline_steps.scores.gradient_matching import cosine_distances, gradient_matching_distances, op_gradients
 from pipeline_steps.spaces import get_space
 from pipeline_steps.spaces.nb201 import EDGE_KEYS
-from pipeline_steps.supernet import Optimisation, SupernetState, init_state
-from pipeline_steps.train import MODES, StepSettings, StepStats, train_epoch
+from pipeline_steps.supernet.state import Optimisation, SupernetState, init_state
+from pipeline_steps.supernet.train import MODES, StepSettings, StepStats, train_epoch
+from pipeline_steps.transforms import distill
+from pipeline_steps.transforms.distill import SMDSettings, onehot_regulariser, smd_epoch, smd_loss
+from pipeline_steps.transforms.partition import EdgeSplit, children_masks, spawn_child, spawn_children
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,11 +11,11 @@ import torch
 import yaml
 from project import copy_project, snakemake, tiny_params
 
-from pipeline_steps import stages
-from pipeline_steps.atomic import read_json
-from pipeline_steps.config import load_params
+from pipeline_steps.common.atomic import read_json
 from pipeline_steps.methods import get_method, hep_nas
-from pipeline_steps.plan import Plan
+from pipeline_steps.pipeline import stages
+from pipeline_steps.pipeline.config import load_params
+from pipeline_steps.pipeline.plan import Plan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HEP = get_method("hep_nas")

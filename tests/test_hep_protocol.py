@@ -10,18 +10,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline_steps.config import load_params
-from pipeline_steps.data import SearchData
-from pipeline_steps.distill import SMDSettings, smd_epoch
-from pipeline_steps.errors import NasflowError
+from pipeline_steps.common.errors import NasflowError
+from pipeline_steps.data.search_data import SearchData
 from pipeline_steps.methods import get_method, hep_nas
-from pipeline_steps.partition import EdgeSplit, child_seed, min_cut_split, spawn_child, spawn_children
-from pipeline_steps.plan import Plan
+from pipeline_steps.pipeline.config import load_params
+from pipeline_steps.pipeline.plan import Plan
 from pipeline_steps.scores.gradient_matching import EdgeDistances
 from pipeline_steps.spaces import get_space
 from pipeline_steps.spaces.darts import DARTS_OPS
-from pipeline_steps.supernet import Optimisation, SupernetState, init_state
-from pipeline_steps.train import StepSettings
+from pipeline_steps.supernet.state import Optimisation, SupernetState, init_state
+from pipeline_steps.supernet.train import StepSettings
+from pipeline_steps.transforms.distill import SMDSettings, smd_epoch
+from pipeline_steps.transforms.partition import EdgeSplit, child_seed, min_cut_split, spawn_child, spawn_children
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline_steps.data import DataSettings, SearchData
-from pipeline_steps.errors import NasflowError
+from pipeline_steps.common.errors import NasflowError
+from pipeline_steps.data.search_data import DataSettings, SearchData
 from pipeline_steps.scores.netperf import naswot_drop, naswot_score, netperf_drop, netperf_proxy, proxy_batch
 from pipeline_steps.spaces import darts, nb201
 

@@ -16,7 +16,7 @@ from torch import nn
 from pipeline_steps.scores.binary_codes import EdgeKernels, agreement_kernel, hamming_matrix, log_abs_det
 from pipeline_steps.scores.netperf import naswot_score, netperf_drop, netperf_proxy
 from pipeline_steps.spaces import darts, get_space, nb201
-from pipeline_steps.supernet import Optimisation, SupernetState, init_state
+from pipeline_steps.supernet.state import Optimisation, SupernetState, init_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 
-from pipeline_steps import stage_run, stages
-from pipeline_steps.atomic import read_json
-from pipeline_steps.config import load_params
-from pipeline_steps.errors import NasflowError
+from pipeline_steps.common.atomic import read_json
+from pipeline_steps.common.errors import NasflowError
 from pipeline_steps.methods import get_method
-from pipeline_steps.plan import Plan
+from pipeline_steps.pipeline import stage_run, stages
+from pipeline_steps.pipeline.config import load_params
+from pipeline_steps.pipeline.plan import Plan
 from pipeline_steps.spaces import get_space
 
 from project import copy_project, snakemake, tiny_params

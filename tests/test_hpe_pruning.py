@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from pipeline_steps.errors import NasflowError
-from pipeline_steps.pruning import (decay_factor, hard_prune, least_important, pops_per_stage, soft_decay,
-                                    validate_schedule)
+from pipeline_steps.common.errors import NasflowError
 from pipeline_steps.spaces import darts, get_space, nb201
+from pipeline_steps.transforms.pruning import (decay_factor, hard_prune, least_important, pops_per_stage, soft_decay,
+                                               validate_schedule)
 from test_hpe_parts import DARTS_TINY, NB201_TINY, make_state, set_alpha
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_steps.benchmark import load_benchmark
-from pipeline_steps.cli import main
-from pipeline_steps.errors import NasflowError
-from pipeline_steps.ledger import add_runs, format_ledger, load_ledger, make_record, record_path, write_record
+from pipeline_steps.common.errors import NasflowError
+from pipeline_steps.evaluation.benchmark import load_benchmark
 from pipeline_steps.methods import PROTOCOL_VERSIONS
-from pipeline_steps.report import report
-from pipeline_steps.reproduction import NB201_METRICS, load_paper_results
+from pipeline_steps.pipeline.cli import main
+from pipeline_steps.report.build import report
+from pipeline_steps.report.ledger import add_runs, format_ledger, load_ledger, make_record, record_path, write_record
+from pipeline_steps.report.reproduction import NB201_METRICS, load_paper_results
 
 ROOT = Path(__file__).resolve().parents[1]
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"

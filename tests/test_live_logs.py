@@ -14,17 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_steps import cli, progress, stages
-from pipeline_steps.atomic import write_json
-from pipeline_steps.config import load_params
-from pipeline_steps.data import SearchData
-from pipeline_steps.errors import NasflowError
-from pipeline_steps.plan import Plan
-from pipeline_steps.retrain import NB201_PROTOCOL
+from pipeline_steps.common import progress
+from pipeline_steps.common.atomic import write_json
+from pipeline_steps.common.errors import NasflowError
+from pipeline_steps.data.search_data import SearchData
+from pipeline_steps.evaluation.retrain import NB201_PROTOCOL
+from pipeline_steps.pipeline import cli, stages
+from pipeline_steps.pipeline.config import load_params
+from pipeline_steps.pipeline.plan import Plan
+from pipeline_steps.pipeline.stage_run import data_settings, optimisation
 from pipeline_steps.spaces import get_space
-from pipeline_steps.stage_run import data_settings, optimisation
-from pipeline_steps.supernet import init_state
-from pipeline_steps.train import train_epoch
+from pipeline_steps.supernet.state import init_state
+from pipeline_steps.supernet.train import train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"

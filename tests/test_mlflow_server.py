@@ -34,7 +34,7 @@ def client(mlflow_server):  # noqa: F811
 def plan(tiny_folder, mlflow_server, request, monkeypatch, tmp_path):  # noqa: F811
     """The tiny plan tracked on the server, in an experiment of its own; the environment the
     invocation hands to its jobs is restored afterwards."""
-    from pipeline_steps.plan import Plan
+    from pipeline_steps.pipeline.plan import Plan
 
     for name in ("NASFLOW_PARENT_RUN", "NASFLOW_RUNTIME"):
         monkeypatch.setenv(name, "")  # recorded, so that what start_invocation sets is undone afterwards
@@ -55,10 +55,10 @@ def git(*args: str) -> str:
 
 
 def test_stage_runs_nest_under_the_invocation_with_names_git_tags_and_dataset(plan, client, tmp_path):
-    from pipeline_steps import stages
-    from pipeline_steps.atomic import read_json
-    from pipeline_steps.invocation import end_invocation, start_invocation
-    from pipeline_steps.stage_run import run_name
+    from pipeline_steps.pipeline import stages
+    from pipeline_steps.common.atomic import read_json
+    from pipeline_steps.pipeline.invocation import end_invocation, start_invocation
+    from pipeline_steps.pipeline.stage_run import run_name
 
     parent_id = start_invocation(plan, main=False)
     assert os.environ["NASFLOW_PARENT_RUN"] == parent_id
@@ -103,7 +103,7 @@ def test_stage_runs_nest_under_the_invocation_with_names_git_tags_and_dataset(pl
 # A stage command whose second epoch fails (`error`) or is stopped by SIGTERM (`stop`).
 CRASHING_STAGE = """
 import os, signal, sys
-from pipeline_steps import cli, stage_run
+from pipeline_steps.pipeline import cli, stage_run
 real, calls = stage_run.train_epoch, []
 def second_epoch_fails(*a, **kw):
     calls.append(1)
@@ -119,8 +119,8 @@ sys.exit(cli.main(sys.argv[2:]))
 
 @pytest.mark.parametrize("how, status", [("error", "FAILED"), ("stop", "KILLED")])
 def test_a_crashed_stage_ends_its_run_and_the_rerun_links_to_it(plan, client, tmp_path, how, status):
-    from pipeline_steps import stages
-    from pipeline_steps.plan import spec_arg
+    from pipeline_steps.pipeline import stages
+    from pipeline_steps.pipeline.plan import spec_arg
 
     spec = plan.supernet_spec("darts", "nb201", "cifar10", 0)
     out = tmp_path / "supernet"

@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from pipeline_steps.config import load_params
 from pipeline_steps.methods import get_method
-from pipeline_steps.plan import Plan
-from pipeline_steps.protocol import protocol_rows
+from pipeline_steps.pipeline.config import load_params
+from pipeline_steps.pipeline.plan import Plan
+from pipeline_steps.pipeline.protocol import protocol_rows
 
 NB201_OPS = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
 OSTR_OPS = ["none", "avg_pool_3x3", "nor_conv_3x3", "nor_conv_1x1", "skip_connect"]
@@ -114,8 +114,8 @@ def test_hpe_warmup_and_pruning_learning_rates_form_one_cosine(tiny_folder):
     """The LR of every epoch, warm-up (the supernet stage) then the pruning stages, is the closed-form
     cosine over warm-up + all pruning epochs: no restart when pruning begins."""
     from pipeline_steps.spaces import get_space
-    from pipeline_steps.stage_run import optimisation
-    from pipeline_steps.supernet import init_state
+    from pipeline_steps.pipeline.stage_run import optimisation
+    from pipeline_steps.supernet.state import init_state
 
     cfg = load_params("params", {"profile": "paper", "spaces": ["nb201"], "methods": ["hpe_darts"]})
     plan = Plan(cfg)

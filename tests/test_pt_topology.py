@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline_steps.config import load_params
-from pipeline_steps.errors import NasflowError
+from pipeline_steps.common.errors import NasflowError
 from pipeline_steps.methods import get_method
 from pipeline_steps.methods.darts_pt import TOPOLOGY_RULES, topology_nodes, topology_rule
+from pipeline_steps.pipeline.config import load_params
 from pipeline_steps.spaces import get_space
 from pipeline_steps.spaces.darts import EDGE_NODE
-from pipeline_steps.supernet import Optimisation, init_state
-from pipeline_steps.train import evaluate
+from pipeline_steps.supernet.state import Optimisation, init_state
+from pipeline_steps.supernet.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = {"op_set": "darts_no_none", "channels": 2, "layers": 3, "stem_multiplier": 1}

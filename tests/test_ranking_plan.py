@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from pipeline_steps.config import load_params
-from pipeline_steps.plan import Plan
+from pipeline_steps.pipeline.config import load_params
+from pipeline_steps.pipeline.plan import Plan
 from tests.project import copy_project, jobs_to_run, snakemake, tiny_params
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline_steps.benchmark import METRICS, load_benchmark
-from pipeline_steps.errors import NasflowError
-from pipeline_steps.report import report, runs_table, summary_table
-from pipeline_steps.reproduction import load_paper_results, reproduction_table, tolerance
+from pipeline_steps.common.errors import NasflowError
+from pipeline_steps.evaluation.benchmark import METRICS, load_benchmark
+from pipeline_steps.report.build import report, runs_table, summary_table
+from pipeline_steps.report.reproduction import load_paper_results, reproduction_table, tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
 RULE = {"std_multiple": 2.0, "floor": 0.5, "zero_std": 0.3}

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline_steps import report_figures
-from pipeline_steps.benchmark import METRICS, load_benchmark
+from pipeline_steps.evaluation.benchmark import METRICS, load_benchmark
 from pipeline_steps.methods import METHODS
-from pipeline_steps.report import report
-from pipeline_steps.report_heatmaps import _draw, edge_names
-from pipeline_steps.report_tables import _pm, reported_cost_text
-from pipeline_steps.reproduction import load_paper_results
+from pipeline_steps.report import figures as report_figures
+from pipeline_steps.report.build import report
+from pipeline_steps.report.heatmaps import _draw, edge_names
+from pipeline_steps.report.reproduction import load_paper_results
+from pipeline_steps.report.tables import _pm, reported_cost_text
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = load_paper_results(ROOT / "params")
@@ -204,7 +204,7 @@ def test_trajectory_panels_share_y_and_name_every_line(tmp_path, monkeypatch):
 def test_darts_space_table_has_reported_rows_and_device_seconds(tmp_path):
     import pandas as pd
 
-    from pipeline_steps.report_tables import darts_markdown
+    from pipeline_steps.report.tables import darts_markdown
 
     runs = pd.DataFrame([{"method": "ostr", "dataset": "cifar10", "seed": s, "test_error": 3.0 + s, "test_acc": 97.0 - s,
                           "params_m": 3.4, "flops_m": 540.0, "search_cost_s": 36000.0, "search_device": "GPU",

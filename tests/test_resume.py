@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline_steps import stage_run, stages
+from pipeline_steps.common.atomic import read_json
 from pipeline_steps.methods.darts_pt import DartsPT
-from pipeline_steps.atomic import read_json
-from pipeline_steps.config import load_params
-from pipeline_steps.leftovers import finished_resume_files, remove_finished_resume_files
-from pipeline_steps.plan import Plan
+from pipeline_steps.pipeline import stage_run, stages
+from pipeline_steps.pipeline.config import load_params
+from pipeline_steps.pipeline.leftovers import finished_resume_files, remove_finished_resume_files
+from pipeline_steps.pipeline.plan import Plan
 
 
 def tiny_plan(folder, epochs=3) -> Plan:

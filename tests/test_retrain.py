@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline_steps.data import DeviceImages
-from pipeline_steps.errors import NasflowError
-from pipeline_steps.retrain import (NB201_PROTOCOL, NB201Network, NetworkCIFAR, NetworkImageNet, RetrainSettings,
-                                    count_flops_m, count_params_m, cutout, retrain)
+from pipeline_steps.common.errors import NasflowError
+from pipeline_steps.data.search_data import DeviceImages
+from pipeline_steps.evaluation.retrain import (NB201_PROTOCOL, NB201Network, NetworkCIFAR, NetworkImageNet,
+                                               RetrainSettings, count_flops_m, count_params_m, cutout, retrain)
 from pipeline_steps.spaces.genotype import DARTS_V2
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from pipeline_steps.methods import get_method
 from pipeline_steps.methods.darts_pt import candidate_ops, node_edges, op_edges, tuning_epochs
 from pipeline_steps.scores.ostr import OStrStatistics
-from pipeline_steps.scores.perturbation import (edge_removal_table, least_important, most_important,
-                                              most_important_k, op_removal_table)
+from pipeline_steps.scores.perturbation import (edge_removal_table, least_important, most_important, most_important_k,
+                                                op_removal_table)
 from pipeline_steps.spaces import get_space
 from pipeline_steps.spaces.darts import EDGE_NODE
 from pipeline_steps.spaces.nb201 import OPS, str_to_ops
-from pipeline_steps.supernet import Optimisation, init_state
-from pipeline_steps.train import StepSettings, StepStats, alpha_step, evaluate
+from pipeline_steps.supernet.state import Optimisation, init_state
+from pipeline_steps.supernet.train import StepSettings, StepStats, alpha_step, evaluate
 
 NB201 = {"op_order": list(OPS), "bn_affine": False, "pool_bn": False, "channels": 3, "cells_per_stage": 1}
 DARTS = {"op_set": "darts", "channels": 2, "layers": 3, "stem_multiplier": 1}
@@ -247,7 +247,7 @@ def test_pt_op_decision_keeps_the_op_whose_removal_hurts_most(one_thread):
 def test_pt_eval_images_scores_every_decision_on_one_random_subset_of_d_val_kept_across_a_resume(tiny_folder):
     from types import SimpleNamespace
 
-    from pipeline_steps.data import DataSettings, SearchData
+    from pipeline_steps.data.search_data import DataSettings, SearchData
 
     cfg = {"method": {"darts_pt": {"proj_intv": 1, "criterion": "acc", "tune_lr": 0.01, "tune_lr_min": 0.001,
                                    "tune_schedule": {"nb201": "constant", "darts": "cosine"},

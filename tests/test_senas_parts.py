@@ -10,13 +10,14 @@ import pytest
 import torch
 from scipy import stats
 
-from pipeline_steps import shrink, spos, train
-from pipeline_steps.benchmark import load_benchmark
-from pipeline_steps.data import DataSettings, SearchData
+from pipeline_steps.data.search_data import DataSettings, SearchData
+from pipeline_steps.evaluation.benchmark import load_benchmark
 from pipeline_steps.scores import child_eval
 from pipeline_steps.spaces import get_space
 from pipeline_steps.spaces.nb201 import OPS, all_arch_strings
-from pipeline_steps.supernet import Optimisation, init_state
+from pipeline_steps.supernet import train
+from pipeline_steps.supernet.state import Optimisation, init_state
+from pipeline_steps.transforms import shrink, spos
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 NODES = spos.edge_nodes("nb201")

@@ -9,14 +9,14 @@ import time
 import pytest
 import torch
 
-from pipeline_steps import diagnostics, stage_run, stages
-from pipeline_steps.atomic import read_json
-from pipeline_steps.config import load_params
+from pipeline_steps.common.atomic import read_json
 from pipeline_steps.methods import get_method
-from pipeline_steps.plan import Plan
+from pipeline_steps.pipeline import diagnostics, stage_run, stages
+from pipeline_steps.pipeline.config import load_params
+from pipeline_steps.pipeline.plan import Plan
 from pipeline_steps.scores.child_eval import nb201_key
-from pipeline_steps.shrink import RoutedOp
 from pipeline_steps.spaces import get_space
+from pipeline_steps.transforms.shrink import RoutedOp
 
 from project import copy_project, snakemake, tiny_params
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from scipy import stats
 
-from pipeline_steps import shrink, spos, train
 from pipeline_steps.scores import child_eval, senas
 from pipeline_steps.spaces.nb201 import EDGES
+from pipeline_steps.supernet import train
+from pipeline_steps.transforms import shrink, spos
 
 from test_senas_parts import fake_data, forward, mask_of, tiny_state
 

@@ -8,13 +8,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline_steps import spos, train
-from pipeline_steps.config import load_params
 from pipeline_steps.methods import get_method
 from pipeline_steps.methods.se_nas import PROGRESS_KEY, named_table, search_model
+from pipeline_steps.pipeline.config import load_params
 from pipeline_steps.scores import child_eval
 from pipeline_steps.spaces import get_space
-from pipeline_steps.supernet import Optimisation, init_state
+from pipeline_steps.supernet import train
+from pipeline_steps.supernet.state import Optimisation, init_state
+from pipeline_steps.transforms import spos
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

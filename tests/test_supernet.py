@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from pipeline_steps.spaces import get_space
 from pipeline_steps.spaces.nb201 import EDGE_KEYS, OPS, SearchCell, str_to_ops
-from pipeline_steps.supernet import Optimisation, init_state, mixing_weights
+from pipeline_steps.supernet.state import Optimisation, init_state, mixing_weights
 
 SETTINGS = {"op_order": list(OPS), "bn_affine": False, "pool_bn": False, "channels": 2, "cells_per_stage": 1}
 

@@ -1,5 +1,5 @@
 """Multi-GPU workstation: with `--resources gpu=K` Snakemake runs up to K GPU jobs at once and
-never sets CUDA_VISIBLE_DEVICES, so each job claims a card itself (pipeline_steps/device.py).
+never sets CUDA_VISIBLE_DEVICES, so each job claims a card itself (pipeline_steps/common/device.py).
 Fake cards: torch.cuda is made to report K devices in the job processes."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_steps import device
-from pipeline_steps.errors import NasflowError
+from pipeline_steps.common import device
+from pipeline_steps.common.errors import NasflowError
 
 from project import copy_project, sh
 
@@ -24,7 +24,7 @@ import json, os, sys, time
 import torch
 torch.cuda.is_available = lambda: True
 torch.cuda.device_count = lambda: int(os.environ["FAKE_GPUS"])
-from pipeline_steps.device import resolve_device
+from pipeline_steps.common.device import resolve_device
 card = resolve_device("auto")
 start = time.time()
 time.sleep(float(os.environ["HOLD_S"]))
@@ -44,7 +44,7 @@ rule gpu_job:
 # Claims one of the given cards, says which, then holds it until killed (or exits at once).
 CLAIMER = """
 import sys, time
-from pipeline_steps.device import claim_free_gpu
+from pipeline_steps.common.device import claim_free_gpu
 cards = sys.argv[1].split(",")
 slots = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 print(claim_free_gpu(cards, wait_s=float(sys.argv[2]), poll_s=0.1, slots=slots), time.time(), flush=True)

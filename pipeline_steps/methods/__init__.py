@@ -1,12 +1,10 @@
-"""Methods: each module reads like its paper's algorithm and names the stages it is made of.
-
-A method is the supernet it trains (one training job is shared by every method whose supernet
-settings agree), the stages it runs on that supernet's state, and its rule for reading an
-architecture out of a history record.
+"""Methods, one file per paper that reads like its algorithm: the supernet it trains, the stages it
+runs on that supernet's state, its rule for reading out an architecture; the registry names them.
+May import every layer below: `common`, `spaces`, `data`, `supernet`, `evaluation`, `scores`, `transforms`.
 """
 from __future__ import annotations
 
-from ..errors import NasflowError
+from ..common.errors import NasflowError
 from .base import Method
 from .darts import Darts
 from .darts_pt import DartsPT

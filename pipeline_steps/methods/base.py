@@ -1,10 +1,15 @@
-"""The method interface every method file implements (and the defaults most of them keep)."""
+"""The method interface every method file implements (and the defaults most of them keep).
+
+A method is the supernet it trains (one training job is shared by every method whose supernet
+settings agree), the stages it runs on that supernet's state, and its rule for reading an
+architecture out of a history record.
+"""
 from __future__ import annotations
 
 import torch
 
 from ..spaces import Space
-from ..supernet import SupernetState, mixing_weights
+from ..supernet.state import SupernetState, mixing_weights
 
 
 class Method:

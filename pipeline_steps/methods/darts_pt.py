@@ -34,11 +34,11 @@ import sys
 
 import torch
 
-from ..errors import NasflowError
-from ..spaces.darts import EDGE_NODE
-from ..supernet import SupernetState
+from ..common.errors import NasflowError
 from ..scores.perturbation import (edge_removal_table, least_important, most_important, most_important_k,
                                    op_removal_table)
+from ..spaces.darts import EDGE_NODE
+from ..supernet.state import SupernetState
 from .base import Method
 
 VARIANTS = ("pt", "fix_alpha", "mag")

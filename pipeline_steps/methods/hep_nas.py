@@ -47,14 +47,14 @@ import sys
 
 import torch
 
-from ..atomic import atomic_path
-from ..distill import SMDSettings, smd_epoch
-from ..errors import NasflowError
-from ..partition import EdgeSplit, spawn_children, split_edges, split_plan
+from ..common.atomic import atomic_path
+from ..common.errors import NasflowError
 from ..scores.gradient_matching import gradient_matching_distances
 from ..spaces import get_space
-from ..supernet import SupernetState
-from ..train import evaluate
+from ..supernet.state import SupernetState
+from ..supernet.train import evaluate
+from ..transforms.distill import SMDSettings, smd_epoch
+from ..transforms.partition import EdgeSplit, spawn_children, split_edges, split_plan
 from .base import Method
 
 

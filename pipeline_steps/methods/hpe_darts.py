@@ -36,14 +36,14 @@ import sys
 
 import torch
 
-from ..errors import NasflowError
-from ..progress import loop
-from ..pruning import hard_prune, pops_per_stage, soft_decay, validate_schedule
+from ..common.errors import NasflowError
+from ..common.progress import loop
 from ..scores.netperf import naswot_drop, netperf_drop, proxy_batch
 from ..scores.perturbation import without
 from ..spaces import Space, get_space
-from ..supernet import SupernetState, mixing_weights
-from ..train import evaluate
+from ..supernet.state import SupernetState, mixing_weights
+from ..supernet.train import evaluate
+from ..transforms.pruning import hard_prune, pops_per_stage, soft_decay, validate_schedule
 from .base import Method
 
 STAGE_PREFIX = "prune"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import NasflowError
+from ..common.errors import NasflowError
 from ..spaces import Space
 from .base import Method, magnitude_derive, record_mask
 

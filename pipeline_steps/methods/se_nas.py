@@ -43,11 +43,11 @@ import torch
 from ..scores.child_eval import (ArchKey, benchmark_accuracies, evaluate_children, nb201_arch, rank_correlation,
                                  scoring_batches, space_size)
 from ..scores.senas import candidate_archs, operator_scores, sample_archs_per_operator
-from ..shrink import MergedGroup, expand, merged_child_spaces, refresh_optimizer, shrink
 from ..spaces import Space
-from ..spos import SNAPSHOTS_KEY, KeptSnapshots, WeightAverage, averaged_copy, kept_average
-from ..supernet import SupernetState
-from ..train import step_settings
+from ..supernet.state import SupernetState
+from ..supernet.train import step_settings
+from ..transforms.shrink import MergedGroup, expand, merged_child_spaces, refresh_optimizer, shrink
+from ..transforms.spos import SNAPSHOTS_KEY, KeptSnapshots, WeightAverage, averaged_copy, kept_average
 from .base import Method, magnitude_derive, record_mask
 
 SHRINK_PREFIX = "shrink"

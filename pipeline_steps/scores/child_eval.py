@@ -21,8 +21,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..benchmark import RANK_METRIC
-from ..progress import loop
+from ..common.progress import loop
+from ..evaluation.benchmark import RANK_METRIC
 from ..spaces import nb201, search_cells
 from ..spaces.nb201 import EDGES, NUM_NODES, ops_to_str, str_to_ops
 from ..spaces.nb201_children import forward_children

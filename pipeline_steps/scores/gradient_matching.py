@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import SearchData
-from ..errors import NasflowError
+from ..common.errors import NasflowError
+from ..common.progress import loop
+from ..data.search_data import SearchData
 from ..spaces import darts, nb201
-from ..progress import loop
-from ..supernet import SupernetState
+from ..supernet.state import SupernetState
 
 COSINE_EPS = 1e-6          # the authors' `match_loss(dis_metric='cos')` adds it to the norm product
 

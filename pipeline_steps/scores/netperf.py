@@ -24,12 +24,12 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..data import SearchData
-from ..errors import NasflowError
+from ..common.errors import NasflowError
+from ..data.search_data import SearchData
 from ..spaces.ops import is_zero_op
-from ..supernet import SupernetState
-from .binary_codes import (CODE_SOURCES, FORMS, EdgeKernels, OpSite, agreement_kernel, batch_statistics,
-                           binary_codes, capture_edge_kernels, log_abs_det, op_sites)
+from ..supernet.state import SupernetState
+from .binary_codes import (CODE_SOURCES, FORMS, EdgeKernels, OpSite, agreement_kernel, batch_statistics, binary_codes,
+                           capture_edge_kernels, log_abs_det, op_sites)
 
 __all__ = ["CODE_SOURCES", "FORMS", "naswot_drop", "naswot_score", "netperf_drop", "netperf_proxy", "proxy_batch"]
 

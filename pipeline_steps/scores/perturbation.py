@@ -15,9 +15,9 @@ from typing import Sequence
 
 import torch
 
-from ..progress import loop
-from ..supernet import SupernetState
-from ..train import evaluate
+from ..common.progress import loop
+from ..supernet.state import SupernetState
+from ..supernet.train import evaluate
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 

@@ -1,7 +1,5 @@
-"""Search spaces. A space says which ops exist, builds its supernet and derives an architecture.
-
-A supernet's `forward(x, weights, active)` takes, per cell type (NB201: "cell"; DARTS: "normal",
-"reduce"), the (edges x ops) mixing weights and the list of ops to compute on each edge.
+"""Search spaces (NAS-Bench-201, DARTS): ops, supernets, genotypes, and the registry below that
+builds a space from its settings and finds a supernet's search cells. May import `common` only.
 """
 from __future__ import annotations
 
@@ -9,7 +7,7 @@ from typing import Callable
 
 from torch import nn
 
-from ..errors import NasflowError
+from ..common.errors import NasflowError
 from . import darts, nb201
 from .space import Space
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
 
-from ..atomic import atomic_path
+from ..common.atomic import atomic_path
 from .genotype import STEPS, Genotype
 
 _INPUT_COLOUR, _NODE_COLOUR, _OUTPUT_COLOUR = "#a6cee3", "#fdbf6f", "#b2df8a"

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import NasflowError
+from ..common.errors import NasflowError
 from .darts_ops import ALL_OPS, FactorizedReduce, ReLUConvBN, make_op
 from .genotype import CELLS, DARTS_V2, STEPS, Genotype  # noqa: F401  (DARTS_V2 re-exported)
 from .ops import in_network_format, is_zero_op

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import NasflowError
+from ..common.errors import NasflowError
 from .ops import Pool, ReLUConvBN, Zero
 
 # Canonical column order: the DARTS primitive order with RobustDARTS' `noise` after `none`.

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from ..errors import NasflowError
+from ..common.errors import NasflowError
 from .darts_ops import ALL_OPS
 
 STEPS = 4                      # intermediate nodes per cell

@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from ..errors import NasflowError
+from ..common.errors import NasflowError
 from .ops import Pool, ReLUConvBN, Zero, in_network_format, is_zero_op
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")

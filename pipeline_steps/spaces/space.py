@@ -1,4 +1,8 @@
-"""What a search space is: its ops and cell types, how it builds its supernet and derives an architecture."""
+"""What a search space is: its ops and cell types, how it builds its supernet and derives an architecture.
+
+A supernet's `forward(x, weights, active)` takes, per cell type (NB201: "cell"; DARTS: "normal",
+"reduce"), the (edges x ops) mixing weights and the list of ops to compute on each edge.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
