@@ -1,5 +1,5 @@
-"""Helpers for end-to-end tests: a copy of the project with tiny parameters, and Snakemake/DVC
-invoked the way a user would."""
+"""Helpers shared by the tests: a copy of the project with tiny parameters, Snakemake/DVC invoked
+the way a user would, and a stage killed in its N-th epoch."""
 from __future__ import annotations
 
 import os
@@ -69,3 +69,29 @@ def jobs_to_run(dry_run: subprocess.CompletedProcess) -> dict[str, int]:
             elif parts and not set(line.strip()) <= {"-", " "}:
                 break
     return counts
+
+
+class Crash(Exception):
+    """A job killed mid-stage: the epochs before it are checkpointed, the one it hits is lost."""
+
+
+class EpochCounter:
+    """Stands in for the stage runner's `train_epoch`: counts the calls, and the `crash_at`-th raises Crash."""
+
+    def __init__(self, real, crash_at: int):
+        self.real, self.crash_at, self.calls = real, crash_at, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise Crash
+        return self.real(*args, **kwargs)
+
+
+def crash_in_epoch(monkeypatch, n: int) -> EpochCounter:
+    """Kill this test's stages in their n-th trained epoch (counted over every stage run from here on)."""
+    from pipeline_steps.pipeline import stage_run
+
+    counter = EpochCounter(stage_run.train_epoch, n)
+    monkeypatch.setattr(stage_run, "train_epoch", counter)
+    return counter

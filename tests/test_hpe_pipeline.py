@@ -13,12 +13,12 @@ import yaml
 from pipeline_steps.common.atomic import read_json
 from pipeline_steps.common.errors import NasflowError
 from pipeline_steps.methods import get_method
-from pipeline_steps.pipeline import stage_run, stages
+from pipeline_steps.pipeline import stages
 from pipeline_steps.pipeline.config import load_params
 from pipeline_steps.pipeline.plan import Plan
 from pipeline_steps.spaces import get_space
 
-from project import copy_project, snakemake, tiny_params
+from project import Crash, copy_project, crash_in_epoch, snakemake, tiny_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,10 +95,6 @@ def assert_least_important(importance: list, alive: torch.Tensor, chosen: list[i
     assert max(importance[o] for o in chosen) <= min(importance[o] for o in kept)
 
 
-class Crash(Exception):
-    pass
-
-
 def test_a_pruning_stage_killed_mid_way_resumes_without_redoing_epochs(tiny_folder, tmp_path, monkeypatch):
     plan = tiny_plan(tiny_folder)
     spec = plan.supernet_spec("hpe_darts", "nb201", "cifar10", 0)
@@ -112,20 +108,11 @@ def test_a_pruning_stage_killed_mid_way_resumes_without_redoing_epochs(tiny_fold
                             out.with_name("history.json"))
 
     prune1(tmp_path / "straight")
-    real_epoch, calls = stage_run.train_epoch, {"n": 0}
-
-    def dies_in_second_epoch(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise Crash
-        return real_epoch(*a, **kw)
-
-    monkeypatch.setattr(stage_run, "train_epoch", dies_in_second_epoch)
+    epochs = crash_in_epoch(monkeypatch, 2)
     with pytest.raises(Crash):
         prune1(tmp_path / "killed")
-    calls["n"] = 10            # from here on every epoch trains; count them
     prune1(tmp_path / "killed")
-    assert calls["n"] == 11    # the first epoch was not trained again
+    assert epochs.calls == 3   # the rerun trained one epoch: the first was not trained again
     straight, killed = (read_json(tmp_path / d / "decisions.json") for d in ("straight", "killed"))
     assert [d["epoch"] for d in killed] == [d["epoch"] for d in straight] == [1, 2, 3]
     assert killed[-1]["removed"] == straight[-1]["removed"]

@@ -12,6 +12,8 @@ from pipeline_steps.pipeline.config import load_params
 from pipeline_steps.pipeline.leftovers import finished_resume_files, remove_finished_resume_files
 from pipeline_steps.pipeline.plan import Plan
 
+from project import Crash, crash_in_epoch
+
 
 def tiny_plan(folder, epochs=3) -> Plan:
     cfg = load_params("params", {
@@ -27,24 +29,12 @@ def run_stage(plan: Plan, out_dir):
     stages.supernet(spec, plan.runtime(), out_dir / "supernet.pt", out_dir / "metrics.json", out_dir / "history.json")
 
 
-class Crash(Exception):
-    pass
-
-
 def test_resume_after_kill_equals_uninterrupted(tiny_folder, tmp_path, monkeypatch):
     plan = tiny_plan(tiny_folder)
     run_stage(plan, tmp_path / "straight")
 
     real_epoch = stage_run.train_epoch
-    calls = {"n": 0}
-
-    def dies_in_third_epoch(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise Crash  # killed mid-run: epochs 1-2 are checkpointed, epoch 3 is lost
-        return real_epoch(*a, **kw)
-
-    monkeypatch.setattr(stage_run, "train_epoch", dies_in_third_epoch)
+    crash_in_epoch(monkeypatch, 3)  # killed mid-run: epochs 1-2 are checkpointed, epoch 3 is lost
     with pytest.raises(Crash):
         run_stage(plan, tmp_path / "killed")
     killed = tmp_path / "killed"
@@ -111,16 +101,9 @@ def test_pt_selection_resumes_without_redoing_decisions(tiny_folder, tmp_path, m
     # proj_intv 2, 6 edges: 10 tuning epochs, decisions at the start of epochs 0, 2, 4, 6, 8 and 9
     assert decided == [0, 2, 4, 6, 8, 9]
 
-    real_epoch, calls = stage_run.train_epoch, {"n": 0}
-
-    def dies_in_fourth_epoch(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Crash
-        return real_epoch(*a, **kw)
-
+    real_epoch = stage_run.train_epoch
     decided.clear()
-    monkeypatch.setattr(stage_run, "train_epoch", dies_in_fourth_epoch)
+    crash_in_epoch(monkeypatch, 4)
     with pytest.raises(Crash):
         run_selection(plan, start, tmp_path / "killed")
     assert decided == [0, 2] and not (tmp_path / "killed" / "supernet.pt").exists()

@@ -15,6 +15,8 @@ from pipeline_steps.evaluation.retrain import (NB201_PROTOCOL, NB201Network, Net
                                                RetrainSettings, count_flops_m, count_params_m, cutout, retrain)
 from pipeline_steps.spaces.genotype import DARTS_V2
 
+from project import Crash
+
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
@@ -97,10 +99,6 @@ def test_flops_counter_matches_a_hand_count():
 
 def _tiny(settings: RetrainSettings) -> NetworkCIFAR:
     return NetworkCIFAR(settings.channels, 10, settings.layers, settings.auxiliary_weight > 0, DARTS_V2)
-
-
-class Crash(Exception):
-    pass
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):

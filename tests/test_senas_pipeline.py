@@ -18,7 +18,7 @@ from pipeline_steps.scores.child_eval import nb201_key
 from pipeline_steps.spaces import get_space
 from pipeline_steps.transforms.shrink import RoutedOp
 
-from project import copy_project, snakemake, tiny_params
+from project import Crash, copy_project, crash_in_epoch, snakemake, tiny_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -163,28 +163,15 @@ def test_darts_space_shrinks_one_op_per_edge_and_derives_the_selected_childs_gen
             assert op == chosen or chosen == "none"     # the selected child's op wherever it is not `none`
 
 
-class Crash(Exception):
-    pass
-
-
 def test_a_shrink_stage_killed_in_training_resumes_on_its_expanded_supernet(tiny_folder, tmp_path, monkeypatch):
     plan = tiny_plan(tiny_folder, final_train_epochs=2)
     start = train_supernet(plan, tmp_path)
     straight = run_method_stage(plan, "se_nas", "shrink1", start, tmp_path / "straight")
-    real_epoch, calls = stage_run.train_epoch, {"n": 0}
-
-    def dies_in_second_epoch(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise Crash
-        return real_epoch(*a, **kw)
-
-    monkeypatch.setattr(stage_run, "train_epoch", dies_in_second_epoch)
+    epochs = crash_in_epoch(monkeypatch, 2)
     with pytest.raises(Crash):
         run_method_stage(plan, "se_nas", "shrink1", start, tmp_path / "killed")
-    calls["n"] = 10
     killed = run_method_stage(plan, "se_nas", "shrink1", start, tmp_path / "killed")
-    assert calls["n"] == 11                               # the shrink and the first epoch were not redone
+    assert epochs.calls == 3                              # the shrink and the first epoch were not redone
     a, b = (torch.load(p, weights_only=False) for p in (straight, killed))
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
