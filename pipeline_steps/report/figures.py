@@ -1,6 +1,6 @@
 """The report's figures: accuracy of the selected cell per epoch and criterion (DARTS-PT Fig. 4,
 OStr Fig. 9), HEP-NAS sub-supernet accuracies per hierarchy, and supernet ranking correlations
-(Kendall tau per stage); the heat maps are in report_heatmaps. Each returns the PNGs it wrote.
+(Kendall tau per stage); the heat maps are in heatmaps.py. Each returns the PNGs it wrote.
 Panels of one figure share their y axis, every line is named in a legend at readable size, and
 lines that coincide are drawn so that both stay visible and the legend says so."""
 from __future__ import annotations
