@@ -70,10 +70,11 @@ def forward_children(model: Supernet, x: torch.Tensor, cells: Sequence[Sequence[
         h = torch.cat([h] * len(cells))
         for layer in model.layers:
             if isinstance(layer, SearchCell):
-                # an expanded cell routes through private copies in a pre-hook, which reads the
-                # first child's ops: the children of one call must route alike
-                for hook in layer._forward_pre_hooks.values():
-                    hook(layer, (h, None, [[o] for o in cells[0]]))
+                # an expanded cell routes through private copies by the first child's ops: the
+                # children of one call must route alike
+                route = getattr(layer, "route_partials", None)
+                if route is not None:
+                    route(layer, (h, None, [[o] for o in cells[0]]))
                 h = cell_forward(layer, h, plan)
             else:
                 h = layer(h)

@@ -13,9 +13,11 @@ expand  In every cell, each partial model of a merged group (its ops on the grou
 
 Expansion lives inside the supernet: an expanded op is a `RoutedOp` (the shared module plus a
 ModuleDict of copies) put in the op's place in its cell, and each cell carries a pre-hook that
-sets the routes from the `active` it receives. All routing state sits on the cell, so deep
-copies (e.g. the averaged-weight model) route through their own copies. To load a checkpoint of
-an expanded supernet, `expand(model, groups, mask)` a fresh one first, then load_state_dict.
+sets the routes from the `active` it receives (also kept as the cell's `route_partials`, for code
+that runs the cell's edges itself, as batched children do). All routing state sits on the cell,
+so deep copies (e.g. the averaged-weight model) route through their own copies. To load a
+checkpoint of an expanded supernet, `expand(model, groups, mask)` a fresh one first, then
+load_state_dict.
 """
 from __future__ import annotations
 
@@ -227,8 +229,9 @@ def expand(model: nn.Module, groups: Sequence[MergedGroup], mask: Mapping[str, t
             private.load_state_dict(state)
             op.copies[key] = private
         cell.merged_partials = [(g.edges, frozenset(partial_key(p) for p in g.partial_models)) for g in mine]
-        if _route_partial_models not in cell._forward_pre_hooks.values():
+        if getattr(cell, "route_partials", None) is None:
             cell.register_forward_pre_hook(_route_partial_models)
+            cell.route_partials = _route_partial_models
 
 
 def private_parameters(model: nn.Module) -> list[nn.Parameter]:
