@@ -146,3 +146,23 @@ def test_a_stopped_or_failed_stage_ends_its_tracking_run(tmp_path):
     assert client.get_run(killed.run_id).info.status == "KILLED"
     assert client.get_run(failed.run_id).info.status == "FAILED"
     assert Tracker.open == []
+
+
+def test_the_budget_stops_snakemake_even_where_paper_run_was_started_with_ctrl_c_ignored(tmp_path, monkeypatch):
+    """A script's background job inherits SIGINT ignored; the Snakemake it starts must still stop."""
+    import signal
+    import sys
+
+    from pipeline_steps.pipeline import paper_run
+
+    snakemake = [sys.executable, "-c", "import time; time.sleep(120)"]  # stands in for a long search
+    monkeypatch.setattr(paper_run, "snakemake_command", lambda *a, **kw: snakemake)
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        t0 = time.monotonic()
+        status = paper_run.paper_run(["darts"], [0], budget_s=1.0, project=tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+    assert status == paper_run.BUDGET_EXCEEDED
+    assert time.monotonic() - t0 < 20      # stopped by the interrupt, not by the kill after the grace time
+

@@ -42,6 +42,12 @@ def snakemake_command(methods: list[str], seeds: list[int], data: str | None, pr
             "--resources", f"gpu={jobs}", "--config", *config, *extra_config, "--", *targets(methods, seeds)]
 
 
+def _takes_interrupts() -> None:
+    """In Snakemake's process, before it starts: Ctrl-C back to its default. A command started as
+    a script's background job inherits SIGINT ignored, and the budget's stop would go unheard."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
     """Interrupt Snakemake as Ctrl-C would (it ends its jobs and marks their outputs incomplete);
     kill the whole process group if it has not exited after `grace_s`."""
@@ -75,7 +81,7 @@ def paper_run(methods: list[str], seeds: list[int], budget_s: float | None, data
                             tracking)
     print("paper-run: " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=project, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=project, env=env, start_new_session=True, preexec_fn=_takes_interrupts)
     try:
         proc.wait(timeout=budget_s)
     except subprocess.TimeoutExpired:
@@ -93,5 +99,6 @@ def paper_run(methods: list[str], seeds: list[int], budget_s: float | None, data
         print(f"paper-run: pending {t}", file=sys.stderr)
     if not missing:
         return 0
-    return BUDGET_EXCEEDED if proc.returncode in (None, -signal.SIGINT, 130, 1) and budget_s is not None \
+    stopped = (None, -signal.SIGINT, 130, 1, -signal.SIGKILL)  # the last: it outlasted the grace time
+    return BUDGET_EXCEEDED if proc.returncode in stopped and budget_s is not None \
         and time.monotonic() - t0 >= budget_s else (proc.returncode or 1)
