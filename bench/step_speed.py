@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline_steps.common.device import device_name, use_memory_format  # noqa: E402
 from pipeline_steps.data.catalog import dataset_info  # noqa: E402
-from pipeline_steps.data.search_data import DeviceImages, SearchData  # noqa: E402
+from pipeline_steps.data.search_data import DeviceImages, SearchData, TrainPass  # noqa: E402
 from pipeline_steps.scores.ostr import OStrStatistics  # noqa: E402
 from pipeline_steps.spaces import get_space  # noqa: E402
 from pipeline_steps.supernet.state import Optimisation, init_state  # noqa: E402
@@ -111,12 +112,7 @@ def time_xautodl(device: torch.device, batch: int, steps: int) -> float | None:
     a_opt = torch.optim.Adam(net.get_alphas(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     data = random_search_data(device, batch, steps)
     gen = torch.Generator().manual_seed(0)
-
-    class Holder:  # train_batch reads the pass from a state-like object
-        pass
-
-    holder = Holder()
-    holder.generator, holder.train_pass = gen, __import__("pipeline_steps.data.search_data", fromlist=["TrainPass"]).TrainPass()
+    holder = SimpleNamespace(generator=gen, train_pass=TrainPass())  # train_batch reads these off a state
 
     def step():
         xb, yb = data.train_batch(holder)

@@ -39,8 +39,6 @@ def _state(seed=0, space="nb201", settings=NB201, dtype=torch.float64):
     return state
 
 
-
-
 def test_one_epoch_covers_every_training_index_once(data, one_thread):
     state = _state()
     seen = []
@@ -183,6 +181,7 @@ def test_unsupported_mode_falls_back_to_its_own_step(data, one_thread):
     assert supported(state, "spos", []) is not None
     assert supported(state, "bilevel", [OStrStatistics()]) is None
     assert supported(state, "bilevel", [object()]) is not None
+    assert supported(state, "bilevel", [OStrStatistics(), OStrStatistics()]) is not None  # it runs one hook
 
 
 def test_channels_last_network_gives_the_same_step(data, one_thread):

@@ -45,7 +45,8 @@ def layer(name: str) -> int:
     return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else len(LAYERS)
 
 
-GRAPH = {name: imports(name, path, modules()) for name, path in modules().items()}
+MODULES = modules()
+GRAPH = {name: imports(name, path, MODULES) for name, path in MODULES.items()}
 
 
 def test_every_folder_of_the_package_is_a_layer():
@@ -98,7 +99,7 @@ def test_a_package_docstring_says_what_lives_there_and_what_it_may_import():
 
 
 def test_no_module_is_longer_than_it_can_be_read_at_once():
-    long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long
 
 

@@ -240,7 +240,7 @@ def _correct_together(model: nn.Module, cells: list[tuple[int, ...]], batches) -
             raise
         torch.cuda.empty_cache()
         half = len(cells) // 2
-        return torch.cat([_correct_together(model, cells[:half], batches), _correct_together(model, cells[half:], batches)])
+        return torch.cat([_correct_together(model, part, batches) for part in (cells[:half], cells[half:])])
 
 
 def evaluate_nb201(model: nn.Module, arch_strs: Iterable[str], batches: Sequence[tuple[torch.Tensor, torch.Tensor]],

@@ -51,8 +51,8 @@ def supported(state: SupernetState, mode: str, hooks) -> str | None:
     """Why this step cannot be captured (None: it can)."""
     if mode not in CAPTURABLE_MODES:
         return f"mode {mode} has its own step"
-    if any(not isinstance(h, InPlaceStatistics) for h in hooks):
-        return "a hook other than in-place statistics (OStr's)"
+    if len(hooks) > 1 or any(not isinstance(h, InPlaceStatistics) for h in hooks):
+        return "hooks other than one in-place statistics hook (OStr's)"
     w, a = state.w_optimizer, state.a_optimizer
     if type(w) is not torch.optim.SGD or any(g.get("dampening", 0) or g.get("maximize") for g in w.param_groups):
         return "a weight optimiser other than plain SGD"

@@ -108,8 +108,9 @@ def train_epoch(state: SupernetState, data: SearchData, mode: str, settings: Ste
     """One epoch (one pass over D_tr: len(D_tr)/batch steps) in `mode`; steps the LR schedule once,
     advances state.epoch. `captured`: off (the plain step) | eager (the captured step's function run
     as it is) | graph (recorded once as a CUDA graph and replayed; eager on CPU) | compiled (graph,
-    the network torch.compile'd) | auto (graph on CUDA, off elsewhere). Modes the captured step does not cover always run plain. `progress`: a
-    bar on a terminal, heartbeat lines in a log (common/progress.py); `label` (e.g. the stage) heads them."""
+    the network torch.compile'd) | auto (graph on CUDA, off elsewhere). Modes the captured step does
+    not cover always run plain. `progress`: a bar on a terminal, heartbeat lines in a log
+    (common/progress.py); `label` (e.g. the stage) heads them."""
     hooks = list(hooks)
     state.model.train()
     train_stats, val_stats = StepStats(), StepStats()
